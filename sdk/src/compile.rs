@@ -1,0 +1,611 @@
+//! Validation and compilation: a [`Config`] document in, an immutable [`Snapshot`] out, or every
+//! error found, each with its path.
+//!
+//! This is the only place that decides whether a config is acceptable; the server and the SDK
+//! never re-validate. Everything that can be done once per config is done here (salts to seeds,
+//! ranges sorted, names resolved to indices) so evaluation only looks things up.
+
+use std::collections::HashMap;
+
+use serde_json::{Number, Value};
+
+use crate::bucket::seed;
+use crate::condition::Compiler;
+use crate::config::{Config, DEFAULT_BUCKETS, FlagConfig, FlagType, RuleConfig};
+use crate::error::{ConfigError, ConfigErrors, ErrorKind, json_type};
+use crate::id::{is_valid_flag_key, is_valid_id};
+use crate::snapshot::{
+    Action, Cell, DEFAULT_UNIT, Experiment, Flag, Holdout, Layer, Owner, Rule, Snapshot,
+};
+
+/// Largest bucket count of a layer or holdout.
+pub const MAX_BUCKETS: u32 = 1_000_000;
+
+const ID_PATTERN: &str = "[A-Za-z0-9_-]{1,64}";
+const FLAG_KEY_PATTERN: &str = "[A-Za-z0-9_.-]{1,64}";
+
+/// Validates `config` and compiles it into a snapshot stamped with `revision`.
+///
+/// On failure every problem is reported, each with the path of the value at fault.
+pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors> {
+    let mut cx = Cx { errors: Vec::new() };
+    let mut conds = Compiler::new(&config.segments);
+    conds.compile_segments();
+
+    // --- layers
+    let mut layer_ids: HashMap<&str, u32> = HashMap::new();
+    let mut layers: Vec<Layer> = Vec::with_capacity(config.layers.len());
+    for (i, l) in config.layers.iter().enumerate() {
+        let path = format!("layers[{i}]");
+        cx.id(&format!("{path}.id"), "layer id", &l.id);
+        if layer_ids.insert(&l.id, i as u32).is_some() {
+            cx.err(
+                format!("{path}.id"),
+                ErrorKind::DuplicateId {
+                    what: "layer id",
+                    id: l.id.clone(),
+                },
+            );
+        }
+        let salt = cx.salt(&format!("{path}.salt"), l.salt.as_deref(), &l.id);
+        layers.push(Layer {
+            id: l.id.as_str().into(),
+            seed: seed(salt),
+            buckets: cx.buckets(&format!("{path}.buckets"), l.buckets),
+            unit: cx.unit(&format!("{path}.unit"), l.unit.as_deref()).into(),
+            owners: Box::new([]),
+            holdouts: Box::new([]),
+        });
+    }
+
+    // --- flags (before experiments: cells refer to them)
+    let mut flag_ids: HashMap<&str, u32> = HashMap::new();
+    let mut flags: Vec<Flag> = Vec::with_capacity(config.flags.len());
+    let mut variant_ids: Vec<HashMap<&str, u32>> = Vec::with_capacity(config.flags.len());
+    for (i, f) in config.flags.iter().enumerate() {
+        let path = format!("flags[{i}]");
+        if !is_valid_flag_key(&f.key) {
+            cx.err(
+                format!("{path}.key"),
+                ErrorKind::InvalidId {
+                    what: "flag key",
+                    id: f.key.clone(),
+                    pattern: FLAG_KEY_PATTERN,
+                },
+            );
+        }
+        if flag_ids.insert(&f.key, i as u32).is_some() {
+            cx.err(
+                format!("{path}.key"),
+                ErrorKind::DuplicateId {
+                    what: "flag key",
+                    id: f.key.clone(),
+                },
+            );
+        }
+        let (flag, names) = cx.flag(f, i as u32, &path, &mut conds);
+        flags.push(flag);
+        variant_ids.push(names);
+    }
+
+    // --- experiments
+    let mut owner_ids: HashMap<&str, String> = HashMap::new(); // id -> path, shared with holdouts
+    let mut experiments: Vec<Experiment> = Vec::with_capacity(config.experiments.len());
+    // (layer, start, end, experiment, path) for the overlap check.
+    let mut claims: Vec<(u32, u32, u32, u32, String)> = Vec::new();
+    let mut flag_layer: Vec<Option<(u32, String)>> = vec![None; flags.len()];
+    for (i, e) in config.experiments.iter().enumerate() {
+        let path = format!("experiments[{i}]");
+        cx.id(&format!("{path}.id"), "experiment id", &e.id);
+        if owner_ids.insert(&e.id, path.clone()).is_some() {
+            cx.err(
+                format!("{path}.id"),
+                ErrorKind::DuplicateId {
+                    what: "experiment or holdout id",
+                    id: e.id.clone(),
+                },
+            );
+        }
+        let li = layer_ids.get(e.layer.as_str()).copied();
+        if li.is_none() {
+            cx.err(
+                format!("{path}.layer"),
+                ErrorKind::Unknown {
+                    what: "layer",
+                    id: e.layer.clone(),
+                },
+            );
+        }
+        let layer = li.and_then(|li| layers.get(li as usize));
+        for (r, text) in e.ranges.iter().enumerate() {
+            let rpath = format!("{path}.ranges[{r}]");
+            let Some((start, end)) = cx.range(&rpath, text) else {
+                continue;
+            };
+            if let (Some(li), Some(layer)) = (li, layer) {
+                if end > layer.buckets {
+                    cx.err(
+                        rpath,
+                        ErrorKind::RangeExceeds {
+                            range: format!("{start}..{end}"),
+                            scope: format!("layer {}", layer.id),
+                            buckets: layer.buckets,
+                        },
+                    );
+                } else {
+                    claims.push((li, start, end, i as u32, rpath));
+                }
+            }
+        }
+        let when = conds.compile_opt(e.when.as_ref(), &format!("{path}.when"));
+        if e.cells.is_empty() {
+            cx.err(
+                format!("{path}.cells"),
+                ErrorKind::EmptyList { what: "cells" },
+            );
+        }
+        let mut cell_ids: HashMap<&str, ()> = HashMap::new();
+        let mut end = 0u64;
+        let mut cells = Vec::with_capacity(e.cells.len());
+        for (c, cell) in e.cells.iter().enumerate() {
+            let cpath = format!("{path}.cells[{c}]");
+            cx.id(&format!("{cpath}.id"), "cell id", &cell.id);
+            if cell_ids.insert(&cell.id, ()).is_some() {
+                cx.err(
+                    format!("{cpath}.id"),
+                    ErrorKind::DuplicateId {
+                        what: "cell id",
+                        id: cell.id.clone(),
+                    },
+                );
+            }
+            end += u64::from(cell.weight);
+            let mut selected = Vec::with_capacity(cell.flags.len());
+            for (key, variant) in &cell.flags {
+                let fpath = format!("{cpath}.flags.{key}");
+                let Some(&fi) = flag_ids.get(key.as_str()) else {
+                    cx.err(
+                        fpath,
+                        ErrorKind::Unknown {
+                            what: "flag",
+                            id: key.clone(),
+                        },
+                    );
+                    continue;
+                };
+                match variant_ids
+                    .get(fi as usize)
+                    .and_then(|v| v.get(variant.as_str()))
+                {
+                    Some(&vi) => selected.push((fi, vi)),
+                    None => cx.err(
+                        fpath.clone(),
+                        ErrorKind::UnknownVariant {
+                            flag: key.clone(),
+                            variant: variant.clone(),
+                        },
+                    ),
+                }
+                if let (Some(li), Some(slot)) = (li, flag_layer.get_mut(fi as usize)) {
+                    match slot {
+                        None => *slot = Some((li, e.layer.clone())),
+                        Some((first, first_id)) if *first != li => cx.err(
+                            fpath,
+                            ErrorKind::FlagInTwoLayers {
+                                flag: key.clone(),
+                                first: first_id.clone(),
+                                second: e.layer.clone(),
+                            },
+                        ),
+                        Some(_) => {}
+                    }
+                }
+            }
+            selected.sort_unstable();
+            cells.push(Cell {
+                id: cell.id.as_str().into(),
+                end,
+                flags: selected.into(),
+            });
+        }
+        if !e.cells.is_empty() && end == 0 {
+            cx.err(format!("{path}.cells"), ErrorKind::ZeroWeight);
+        }
+        let salt = cx.salt(&format!("{path}.salt"), e.salt.as_deref(), &e.id);
+        experiments.push(Experiment {
+            id: e.id.as_str().into(),
+            seed: seed(salt),
+            when,
+            cells: cells.into(),
+            total: end,
+        });
+    }
+
+    // Disjoint ranges per layer: sort by (layer, start) and compare with the furthest end so far.
+    claims.sort_by_key(|c| (c.0, c.1, c.2));
+    let mut owners: Vec<Vec<Owner>> = (0..layers.len()).map(|_| Vec::new()).collect();
+    let mut prev: Option<(u32, u32, u32, u32)> = None; // layer, start, end, experiment of the furthest-reaching claim
+    for (li, start, end, exp, path) in claims {
+        if let Some((pl, ps, pe, pexp)) = prev
+            && pl == li
+            && start < pe
+        {
+            cx.err(
+                path,
+                ErrorKind::Overlap {
+                    range: format!("{start}..{end}"),
+                    other_range: format!("{ps}..{pe}"),
+                    other: format!(
+                        "experiment {}",
+                        experiments.get(pexp as usize).map_or("", |e| &*e.id)
+                    ),
+                },
+            );
+            if end <= pe {
+                continue;
+            }
+        }
+        prev = Some((li, start, end, exp));
+        if let Some(o) = owners.get_mut(li as usize) {
+            o.push(Owner {
+                start,
+                end,
+                experiment: exp,
+            });
+        }
+    }
+    for (layer, o) in layers.iter_mut().zip(owners) {
+        layer.owners = o.into();
+    }
+
+    // --- holdouts
+    let mut holdouts = Vec::with_capacity(config.holdouts.len());
+    let mut covering: Vec<Vec<u32>> = (0..layers.len()).map(|_| Vec::new()).collect();
+    for (i, h) in config.holdouts.iter().enumerate() {
+        let path = format!("holdouts[{i}]");
+        cx.id(&format!("{path}.id"), "holdout id", &h.id);
+        if owner_ids.insert(&h.id, path.clone()).is_some() {
+            cx.err(
+                format!("{path}.id"),
+                ErrorKind::DuplicateId {
+                    what: "experiment or holdout id",
+                    id: h.id.clone(),
+                },
+            );
+        }
+        let buckets = cx.buckets(&format!("{path}.buckets"), h.buckets);
+        let mut ranges: Vec<(u32, u32, String)> = Vec::new();
+        for (r, text) in h.ranges.iter().enumerate() {
+            let rpath = format!("{path}.ranges[{r}]");
+            let Some((start, end)) = cx.range(&rpath, text) else {
+                continue;
+            };
+            if end > buckets {
+                cx.err(
+                    rpath,
+                    ErrorKind::RangeExceeds {
+                        range: format!("{start}..{end}"),
+                        scope: format!("holdout {}", h.id),
+                        buckets,
+                    },
+                );
+            } else {
+                ranges.push((start, end, rpath));
+            }
+        }
+        ranges.sort_by_key(|r| (r.0, r.1));
+        let mut kept: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
+        for (start, end, rpath) in ranges {
+            if let Some(&(ps, pe)) = kept.last()
+                && start < pe
+            {
+                cx.err(
+                    rpath,
+                    ErrorKind::Overlap {
+                        range: format!("{start}..{end}"),
+                        other_range: format!("{ps}..{pe}"),
+                        other: format!("holdout {}", h.id),
+                    },
+                );
+                continue;
+            }
+            kept.push((start, end));
+        }
+        if h.layers.is_empty() {
+            cx.err(
+                format!("{path}.layers"),
+                ErrorKind::EmptyList { what: "layers" },
+            );
+        }
+        for (l, id) in h.layers.iter().enumerate() {
+            match layer_ids.get(id.as_str()) {
+                Some(&li) => {
+                    if let Some(c) = covering.get_mut(li as usize)
+                        && !c.contains(&(i as u32))
+                    {
+                        c.push(i as u32);
+                    }
+                }
+                None => cx.err(
+                    format!("{path}.layers[{l}]"),
+                    ErrorKind::Unknown {
+                        what: "layer",
+                        id: id.clone(),
+                    },
+                ),
+            }
+        }
+        let salt = cx.salt(&format!("{path}.salt"), h.salt.as_deref(), &h.id);
+        holdouts.push(Holdout {
+            id: h.id.as_str().into(),
+            seed: seed(salt),
+            buckets,
+            unit: cx.unit(&format!("{path}.unit"), h.unit.as_deref()).into(),
+            ranges: kept.into(),
+        });
+    }
+    for (layer, c) in layers.iter_mut().zip(covering) {
+        layer.holdouts = c.into();
+    }
+
+    let mut flag_layers: Vec<u32> = Vec::new();
+    for (flag, driver) in flags.iter_mut().zip(flag_layer) {
+        flag.layer = driver.map(|(li, _)| li);
+        flag_layers.extend(flag.layer);
+    }
+    flag_layers.sort_unstable();
+    flag_layers.dedup();
+
+    cx.errors.append(&mut conds.errors);
+    if !cx.errors.is_empty() {
+        return Err(ConfigErrors(cx.errors));
+    }
+    let flag_index = flags.iter().map(|f| (f.key.clone(), f.index)).collect();
+    Ok(Snapshot {
+        revision,
+        content_hash: config.content_hash(),
+        config: config.clone(),
+        layers: layers.into(),
+        experiments: experiments.into(),
+        holdouts: holdouts.into(),
+        flags: flags.into(),
+        flag_index,
+        flag_layers: flag_layers.into(),
+    })
+}
+
+/// Parses a YAML or JSON document and compiles it: [`Config::parse`] then [`compile`].
+pub fn compile_str(text: &str, revision: u64) -> Result<Snapshot, ConfigErrors> {
+    compile(&Config::parse(text)?, revision)
+}
+
+/// Error collection for one compilation.
+struct Cx {
+    errors: Vec<ConfigError>,
+}
+
+impl Cx {
+    fn err(&mut self, path: impl Into<String>, kind: ErrorKind) {
+        self.errors.push(ConfigError::new(path, kind));
+    }
+
+    fn id(&mut self, path: &str, what: &'static str, id: &str) {
+        if !is_valid_id(id) {
+            self.err(
+                path,
+                ErrorKind::InvalidId {
+                    what,
+                    id: id.to_owned(),
+                    pattern: ID_PATTERN,
+                },
+            );
+        }
+    }
+
+    fn salt<'a>(&mut self, path: &str, salt: Option<&'a str>, id: &'a str) -> &'a str {
+        match salt {
+            Some("") => {
+                self.err(path, ErrorKind::Empty { what: "salt" });
+                ""
+            }
+            Some(s) => s,
+            None => id,
+        }
+    }
+
+    fn unit<'a>(&mut self, path: &str, unit: Option<&'a str>) -> &'a str {
+        match unit {
+            Some("") => {
+                self.err(path, ErrorKind::Empty { what: "unit" });
+                ""
+            }
+            Some(u) => u,
+            None => DEFAULT_UNIT,
+        }
+    }
+
+    fn buckets(&mut self, path: &str, buckets: Option<u64>) -> u32 {
+        match buckets {
+            None => DEFAULT_BUCKETS,
+            Some(b) if (1..=u64::from(MAX_BUCKETS)).contains(&b) => b as u32,
+            Some(b) => {
+                self.err(
+                    path,
+                    ErrorKind::InvalidBuckets {
+                        buckets: b,
+                        max: MAX_BUCKETS,
+                    },
+                );
+                DEFAULT_BUCKETS
+            }
+        }
+    }
+
+    /// Parses `"start..end"` (half-open, start < end).
+    fn range(&mut self, path: &str, text: &str) -> Option<(u32, u32)> {
+        let fail = |reason| ErrorKind::InvalidRange {
+            range: text.to_owned(),
+            reason,
+        };
+        let Some((a, b)) = text.split_once("..") else {
+            self.err(path, fail("expected `start..end`"));
+            return None;
+        };
+        let num = |s: &str| {
+            let s = s.trim();
+            if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+                None
+            } else {
+                s.parse::<u32>().ok()
+            }
+        };
+        match (num(a), num(b)) {
+            (Some(start), Some(end)) if start < end => Some((start, end)),
+            (Some(_), Some(_)) => {
+                self.err(path, fail("start must be less than end"));
+                None
+            }
+            _ => {
+                self.err(path, fail("start and end must be whole numbers"));
+                None
+            }
+        }
+    }
+
+    fn flag<'c>(
+        &mut self,
+        f: &'c FlagConfig,
+        index: u32,
+        path: &str,
+        conds: &mut Compiler<'_>,
+    ) -> (Flag, HashMap<&'c str, u32>) {
+        if f.variants.is_empty() {
+            self.err(
+                format!("{path}.variants"),
+                ErrorKind::EmptyList { what: "variants" },
+            );
+        }
+        let mut names = HashMap::with_capacity(f.variants.len());
+        let mut variants = Vec::with_capacity(f.variants.len());
+        for (name, value) in &f.variants {
+            let vpath = format!("{path}.variants.{name}");
+            self.id(&vpath, "variant name", name);
+            names.insert(name.as_str(), variants.len() as u32);
+            let value = match typed(f.kind, value) {
+                Some(v) => v,
+                None => {
+                    self.err(
+                        vpath,
+                        ErrorKind::TypeMismatch {
+                            variant: name.clone(),
+                            expected: type_name(f.kind),
+                            found: json_type(value),
+                        },
+                    );
+                    value.clone()
+                }
+            };
+            variants.push((Box::<str>::from(name.as_str()), value));
+        }
+        let variant = |cx: &mut Self, p: String, v: &str| -> u32 {
+            names.get(v).copied().unwrap_or_else(|| {
+                cx.err(
+                    p,
+                    ErrorKind::UnknownVariant {
+                        flag: f.key.clone(),
+                        variant: v.to_owned(),
+                    },
+                );
+                0
+            })
+        };
+        let default = variant(self, format!("{path}.default"), &f.default);
+        let mut rules = Vec::with_capacity(f.rules.len());
+        for (r, rule) in f.rules.iter().enumerate() {
+            let rpath = format!("{path}.rules[{r}]");
+            let when = conds.compile_opt(rule.when.as_ref(), &format!("{rpath}.when"));
+            let action = match rule {
+                RuleConfig {
+                    variant: Some(v),
+                    rollout: None,
+                    ..
+                } => Action::Variant(variant(self, format!("{rpath}.variant"), v)),
+                RuleConfig {
+                    variant: None,
+                    rollout: Some(ro),
+                    ..
+                } => {
+                    let spath = format!("{rpath}.rollout.split");
+                    if ro.split.is_empty() {
+                        self.err(spath.clone(), ErrorKind::EmptyList { what: "split" });
+                    }
+                    let mut end = 0u64;
+                    let mut split = Vec::with_capacity(ro.split.len());
+                    for (s, entry) in ro.split.iter().enumerate() {
+                        end += u64::from(entry.weight);
+                        split.push((
+                            end,
+                            variant(self, format!("{spath}[{s}].variant"), &entry.variant),
+                        ));
+                    }
+                    if !ro.split.is_empty() && end == 0 {
+                        self.err(spath, ErrorKind::ZeroWeight);
+                    }
+                    let salt =
+                        self.salt(&format!("{rpath}.rollout.salt"), ro.salt.as_deref(), &f.key);
+                    Action::Rollout {
+                        seed: seed(salt),
+                        unit: self
+                            .unit(&format!("{rpath}.rollout.unit"), ro.unit.as_deref())
+                            .into(),
+                        total: end,
+                        split: split.into(),
+                    }
+                }
+                _ => {
+                    self.err(rpath, ErrorKind::RuleShape);
+                    Action::Variant(default)
+                }
+            };
+            rules.push(Rule { when, action });
+        }
+        let flag = Flag {
+            index,
+            key: f.key.as_str().into(),
+            kind: f.kind,
+            variants: variants.into(),
+            default,
+            enabled: f.enabled,
+            layer: None,
+            rules: rules.into(),
+        };
+        (flag, names)
+    }
+}
+
+/// The value as the flag type stores it, or `None` if it does not fit. Float flags store
+/// integers as floats so they serialize as `1.0`.
+fn typed(kind: FlagType, v: &Value) -> Option<Value> {
+    match (kind, v) {
+        (FlagType::Bool, Value::Bool(_))
+        | (FlagType::String, Value::String(_))
+        | (FlagType::Object, Value::Object(_)) => Some(v.clone()),
+        (FlagType::Int, Value::Number(n)) if n.is_i64() || (n.is_u64() && n.as_i64().is_some()) => {
+            Some(v.clone())
+        }
+        (FlagType::Float, Value::Number(n)) => {
+            n.as_f64().and_then(Number::from_f64).map(Value::Number)
+        }
+        _ => None,
+    }
+}
+
+fn type_name(kind: FlagType) -> &'static str {
+    match kind {
+        FlagType::Bool => "bool",
+        FlagType::String => "string",
+        FlagType::Int => "int",
+        FlagType::Float => "float",
+        FlagType::Object => "object",
+    }
+}

@@ -1,0 +1,247 @@
+//! The config document (docs/spec.md §3): layers, experiments, holdouts, flags and segments, as
+//! written by people in YAML or JSON (one schema).
+//!
+//! These types only describe the document. Validation and compilation live in `compile`, which
+//! is the single place that decides whether a document is acceptable.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{ConfigError, ConfigErrors, ErrorKind};
+
+/// Default bucket count of layers and holdouts.
+pub const DEFAULT_BUCKETS: u32 = 10_000;
+
+/// A whole config document.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Named reusable conditions, referenced as `{ segment: <id> }`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub segments: BTreeMap<String, Value>,
+    /// Layers in order; allocations are reported in this order.
+    #[serde(default)]
+    pub layers: Vec<LayerConfig>,
+    /// Experiments, each in one layer.
+    #[serde(default)]
+    pub experiments: Vec<ExperimentConfig>,
+    /// Holdouts, evaluated before any layer they cover.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holdouts: Vec<HoldoutConfig>,
+    /// Flags in order; bulk evaluation reports them in this order.
+    #[serde(default)]
+    pub flags: Vec<FlagConfig>,
+}
+
+/// A layer: one salt, a bucket space, and the unit attribute it hashes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerConfig {
+    /// Layer id.
+    pub id: String,
+    /// Salt of the layer hash; defaults to the id. Changing it reshuffles the layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub salt: Option<String>,
+    /// Number of buckets, 1..=1,000,000; defaults to 10,000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buckets: Option<u64>,
+    /// Context key holding the unit; defaults to `targetingKey`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+}
+
+/// An experiment: bucket ranges in a layer, an eligibility condition and weighted cells.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// Experiment id.
+    pub id: String,
+    /// The layer it lives in.
+    pub layer: String,
+    /// Salt of the cell hash; defaults to the id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub salt: Option<String>,
+    /// Half-open bucket ranges `"start..end"` owned in the layer.
+    #[serde(default)]
+    pub ranges: Vec<String>,
+    /// Eligibility condition; a unit that fails it gets no experiment in this layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<Value>,
+    /// Weighted cells (arms, variants).
+    pub cells: Vec<CellConfig>,
+}
+
+/// A cell of an experiment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CellConfig {
+    /// Cell id.
+    pub id: String,
+    /// Integer weight; defaults to 1.
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// The flag variants this cell selects: flag key → variant name.
+    #[serde(default)]
+    pub flags: BTreeMap<String, String>,
+}
+
+/// A holdout: units in its ranges get no experiment in the layers it covers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoldoutConfig {
+    /// Holdout id.
+    pub id: String,
+    /// Salt of the holdout hash; defaults to the id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub salt: Option<String>,
+    /// Number of buckets, 1..=1,000,000; defaults to 10,000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buckets: Option<u64>,
+    /// Context key holding the unit; defaults to `targetingKey`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// Half-open bucket ranges of held-out units.
+    pub ranges: Vec<String>,
+    /// The layers it covers.
+    pub layers: Vec<String>,
+}
+
+/// The type of a flag's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlagType {
+    /// `true` / `false`.
+    Bool,
+    /// A string.
+    String,
+    /// A 64-bit signed integer.
+    Int,
+    /// A 64-bit float.
+    Float,
+    /// A JSON object.
+    Object,
+}
+
+/// A flag: typed variants, a default, and ordered rules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlagConfig {
+    /// Flag key.
+    pub key: String,
+    /// Value type.
+    #[serde(rename = "type")]
+    pub kind: FlagType,
+    /// Named values.
+    pub variants: BTreeMap<String, Value>,
+    /// The variant served when nothing else decides.
+    pub default: String,
+    /// `false` serves the default with reason `DISABLED`; defaults to `true`.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub enabled: bool,
+    /// Human description, carried but not evaluated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Rules, tried in order after experiments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RuleConfig>,
+}
+
+/// A flag rule: when the condition holds, a fixed variant or a salted rollout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Condition; absent means always.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<Value>,
+    /// Variant to serve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+    /// Percentage rollout to serve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutConfig>,
+}
+
+/// A salted percentage rollout over variants.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutConfig {
+    /// Salt; defaults to the flag key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub salt: Option<String>,
+    /// Context key holding the unit; defaults to `targetingKey`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// Variants and integer weights, walked in order.
+    pub split: Vec<SplitConfig>,
+}
+
+/// One entry of a rollout split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitConfig {
+    /// Variant name.
+    pub variant: String,
+    /// Integer weight.
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+fn yes() -> bool {
+    true
+}
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Parses a document, JSON if it starts with `{`, YAML otherwise.
+    pub fn parse(text: &str) -> Result<Self, ConfigErrors> {
+        if text.trim_start().starts_with('{') {
+            Self::from_json(text)
+        } else {
+            Self::from_yaml(text)
+        }
+    }
+
+    /// Parses a JSON document; a schema error names the path of the offending value.
+    pub fn from_json(text: &str) -> Result<Self, ConfigErrors> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            parse_error(path, e.into_inner().to_string())
+        })
+    }
+
+    /// Parses a YAML document; a schema error names the path of the offending value.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigErrors> {
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            parse_error(path, e.into_inner().to_string())
+        })
+    }
+
+    /// The canonical JSON form: keys sorted, defaults omitted. Its hash is the content hash.
+    pub fn to_canonical_json(&self) -> String {
+        // Serializing plain structs, maps with string keys and JSON values cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// `xxh3_64` of the canonical JSON form: equal documents hash equal however they were
+    /// written (YAML or JSON, key order, comments).
+    pub fn content_hash(&self) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(self.to_canonical_json().as_bytes())
+    }
+}
+
+fn parse_error(path: String, message: String) -> ConfigErrors {
+    // serde_path_to_error renders the root as ".".
+    let path = if path == "." { String::new() } else { path };
+    ConfigError::new(path, ErrorKind::Parse { message }).into()
+}

@@ -1,0 +1,526 @@
+//! The compiled, immutable snapshot of a config and the per-request evaluation:
+//! `allocate` (experiments per layer, holdouts) and `resolve` (flag values).
+//!
+//! Everything here is read-only and allocation-free in the common case: seeds are precomputed,
+//! ranges sorted, references resolved to indices. Must not do I/O, read a clock or use an RNG.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+use smallvec::SmallVec;
+
+use crate::bucket::{hash, scale};
+use crate::condition::Condition;
+use crate::config::{Config, FlagType};
+use crate::context::{Context, TARGETING_KEY, UnitError};
+
+/// Inline capacity for per-request lists: no heap allocation for units in up to 8 layers.
+const INLINE: usize = 8;
+
+/// A compiled config: build it with [`crate::compile`], share it (`Arc`) across threads.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub(crate) revision: u64,
+    pub(crate) content_hash: u64,
+    pub(crate) config: Config,
+    pub(crate) layers: Box<[Layer]>,
+    pub(crate) experiments: Box<[Experiment]>,
+    pub(crate) holdouts: Box<[Holdout]>,
+    pub(crate) flags: Box<[Flag]>,
+    pub(crate) flag_index: HashMap<Box<str>, u32>,
+    /// Distinct layers that drive at least one flag, ascending.
+    pub(crate) flag_layers: Box<[u32]>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Layer {
+    pub(crate) id: Box<str>,
+    pub(crate) seed: u64,
+    pub(crate) buckets: u32,
+    pub(crate) unit: Box<str>,
+    /// Owned ranges, sorted by start, disjoint.
+    pub(crate) owners: Box<[Owner]>,
+    /// Holdouts covering this layer.
+    pub(crate) holdouts: Box<[u32]>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Owner {
+    pub(crate) start: u32,
+    pub(crate) end: u32,
+    pub(crate) experiment: u32,
+}
+
+#[derive(Debug)]
+pub(crate) struct Experiment {
+    pub(crate) id: Box<str>,
+    pub(crate) seed: u64,
+    pub(crate) when: Condition,
+    pub(crate) cells: Box<[Cell]>,
+    pub(crate) total: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Cell {
+    pub(crate) id: Box<str>,
+    /// Exclusive upper end of this cell's slice of `0..total`.
+    pub(crate) end: u64,
+    /// (flag index, variant index), sorted by flag index.
+    pub(crate) flags: Box<[(u32, u32)]>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Holdout {
+    pub(crate) id: Box<str>,
+    pub(crate) seed: u64,
+    pub(crate) buckets: u32,
+    pub(crate) unit: Box<str>,
+    pub(crate) ranges: Box<[(u32, u32)]>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Flag {
+    /// This flag's position in `Snapshot::flags`, as cells refer to it.
+    pub(crate) index: u32,
+    pub(crate) key: Box<str>,
+    pub(crate) kind: FlagType,
+    pub(crate) variants: Box<[(Box<str>, Value)]>,
+    pub(crate) default: u32,
+    pub(crate) enabled: bool,
+    pub(crate) layer: Option<u32>,
+    pub(crate) rules: Box<[Rule]>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Rule {
+    pub(crate) when: Condition,
+    pub(crate) action: Action,
+}
+
+#[derive(Debug)]
+pub(crate) enum Action {
+    Variant(u32),
+    Rollout {
+        seed: u64,
+        unit: Box<str>,
+        total: u64,
+        /// (exclusive cumulative end, variant index), in split order.
+        split: Box<[(u64, u32)]>,
+    },
+}
+
+/// A unit's experiment and cell in one layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Assignment<'s> {
+    /// Layer id.
+    pub layer: &'s str,
+    /// Experiment id.
+    pub experiment: &'s str,
+    /// Cell id.
+    pub cell: &'s str,
+    /// The unit's bucket in the layer.
+    pub bucket: u32,
+}
+
+/// Everything a unit is allocated to under one snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Allocation<'s> {
+    pub(crate) assignments: SmallVec<[Assignment<'s>; INLINE]>,
+    pub(crate) holdouts: SmallVec<[&'s str; 4]>,
+}
+
+/// The OpenFeature resolution reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The flag has no rules and no experiments: its default is its only value.
+    Static,
+    /// Nothing matched (or the unit is held out): the default variant.
+    Default,
+    /// A rule's condition selected the variant.
+    TargetingMatch,
+    /// A hash split (an experiment cell or a rollout) selected the variant.
+    Split,
+    /// The flag is disabled: the default variant.
+    Disabled,
+    /// Evaluation failed; see the error code. The value is the default variant's.
+    Error,
+}
+
+/// Why an evaluation failed (OpenFeature error codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// A rollout needs a unit the context does not have.
+    TargetingKeyMissing,
+    /// The unit attribute is present but not a string of 1 to 256 bytes.
+    InvalidContext,
+}
+
+/// The value of one flag for one context, and what decided it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Resolution<'s> {
+    /// Flag key.
+    pub key: &'s str,
+    /// Flag type.
+    pub kind: FlagType,
+    /// The value served.
+    pub value: &'s Value,
+    /// The variant served.
+    pub variant: &'s str,
+    /// Why.
+    pub reason: Reason,
+    /// Set when `reason` is [`Reason::Error`].
+    pub error: Option<ErrorCode>,
+    /// The experiment cell that selected the variant, if one did.
+    pub assignment: Option<Assignment<'s>>,
+}
+
+/// `resolve` of a key the snapshot does not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("flag `{0}` not found")]
+pub struct FlagNotFound(pub String);
+
+/// Internal: a layer assignment by indices.
+#[derive(Debug, Clone, Copy)]
+struct Hit {
+    layer: u32,
+    experiment: u32,
+    cell: u32,
+    bucket: u32,
+}
+
+// === impl Snapshot ===
+
+impl Snapshot {
+    /// The revision this snapshot was compiled as.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// The content hash of the source document ([`Config::content_hash`]).
+    pub fn content_hash(&self) -> u64 {
+        self.content_hash
+    }
+
+    /// The source document.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Flag keys in config order.
+    pub fn flag_keys(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        self.flags.iter().map(|f| &*f.key)
+    }
+
+    /// The type of flag `key`, if it exists.
+    pub fn flag_type(&self, key: &str) -> Option<FlagType> {
+        self.flag(key).map(|f| f.kind)
+    }
+
+    /// Number of layers.
+    pub fn layer_count(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Number of experiments.
+    pub fn experiment_count(&self) -> usize {
+        self.experiments.len()
+    }
+
+    /// The unit's experiments in every layer (config order) and the holdouts it is in.
+    pub fn allocate<'s>(&'s self, ctx: &Context) -> Allocation<'s> {
+        let mut out = Allocation::default();
+        self.allocate_into(ctx, &mut out);
+        out
+    }
+
+    /// [`Snapshot::allocate`] into a reused buffer (cleared first), for callers that allocate
+    /// in bulk across many layers.
+    pub fn allocate_into<'s>(&'s self, ctx: &Context, out: &mut Allocation<'s>) {
+        out.assignments.clear();
+        out.holdouts.clear();
+        let mut held: SmallVec<[u32; 4]> = SmallVec::new();
+        for (i, h) in self.holdouts.iter().enumerate() {
+            if h.contains(ctx) {
+                held.push(i as u32);
+                out.holdouts.push(&h.id);
+            }
+        }
+        for (li, layer) in self.layers.iter().enumerate() {
+            if layer.holdouts.iter().any(|h| held.contains(h)) {
+                continue;
+            }
+            if let Some(hit) = self.assign(li as u32, layer, ctx) {
+                out.assignments.push(self.named(hit));
+            }
+        }
+    }
+
+    /// The value of flag `key` for the context.
+    pub fn resolve<'s>(&'s self, key: &str, ctx: &Context) -> Result<Resolution<'s>, FlagNotFound> {
+        let Some(flag) = self.flag(key) else {
+            return Err(FlagNotFound(key.to_owned()));
+        };
+        let hit = match flag.layer {
+            Some(li) if flag.enabled => match self.layers.get(li as usize) {
+                Some(layer) => {
+                    if layer
+                        .holdouts
+                        .iter()
+                        .any(|&h| self.holdout(h).is_some_and(|h| h.contains(ctx)))
+                    {
+                        return Ok(flag.default_resolution(Reason::Default));
+                    }
+                    self.assign(li, layer, ctx)
+                }
+                None => None,
+            },
+            _ => None,
+        };
+        Ok(self.finish(flag, hit, ctx))
+    }
+
+    /// Every flag's value for the context, in config order.
+    pub fn resolve_all<'s>(&'s self, ctx: &Context) -> Vec<Resolution<'s>> {
+        let mut out = Vec::with_capacity(self.flags.len());
+        self.resolve_all_into(ctx, &mut out);
+        out
+    }
+
+    /// [`Snapshot::resolve_all`] into a reused buffer (cleared first).
+    pub fn resolve_all_into<'s>(&'s self, ctx: &Context, out: &mut Vec<Resolution<'s>>) {
+        out.clear();
+        // Each layer that drives flags is evaluated once: (layer, held out, hit).
+        let mut layers: SmallVec<[(u32, bool, Option<Hit>); INLINE]> = SmallVec::new();
+        let mut held: SmallVec<[(u32, bool); 4]> = SmallVec::new();
+        for &li in self.flag_layers.iter() {
+            let Some(layer) = self.layers.get(li as usize) else {
+                continue;
+            };
+            let is_held = layer.holdouts.iter().any(|&h| {
+                if let Some(&(_, inside)) = held.iter().find(|(i, _)| *i == h) {
+                    return inside;
+                }
+                let inside = self.holdout(h).is_some_and(|ho| ho.contains(ctx));
+                held.push((h, inside));
+                inside
+            });
+            let hit = if is_held {
+                None
+            } else {
+                self.assign(li, layer, ctx)
+            };
+            layers.push((li, is_held, hit));
+        }
+        for flag in self.flags.iter() {
+            let (is_held, hit) = match flag.layer {
+                Some(li) if flag.enabled => layers
+                    .binary_search_by_key(&li, |(l, _, _)| *l)
+                    .ok()
+                    .and_then(|i| layers.get(i))
+                    .map_or((false, None), |&(_, is_held, hit)| (is_held, hit)),
+                _ => (false, None),
+            };
+            out.push(if is_held {
+                flag.default_resolution(Reason::Default)
+            } else {
+                self.finish(flag, hit, ctx)
+            });
+        }
+    }
+
+    fn flag(&self, key: &str) -> Option<&Flag> {
+        self.flag_index
+            .get(key)
+            .and_then(|&i| self.flags.get(i as usize))
+    }
+
+    fn holdout(&self, i: u32) -> Option<&Holdout> {
+        self.holdouts.get(i as usize)
+    }
+
+    /// The unit's experiment and cell in one layer, holdouts aside.
+    #[inline]
+    fn assign(&self, li: u32, layer: &Layer, ctx: &Context) -> Option<Hit> {
+        let unit = ctx.unit(&layer.unit).ok()?;
+        let bucket = scale(hash(layer.seed, unit), u64::from(layer.buckets)) as u32;
+        // The last range starting at or before the bucket is the only one that can hold it.
+        let idx = layer
+            .owners
+            .partition_point(|o| o.start <= bucket)
+            .checked_sub(1)?;
+        let owner = layer.owners.get(idx).filter(|o| bucket < o.end)?;
+        let exp = self.experiments.get(owner.experiment as usize)?;
+        if !exp.when.eval(ctx) {
+            return None;
+        }
+        let p = scale(hash(exp.seed, unit), exp.total);
+        let cell = exp.cells.iter().position(|c| p < c.end)? as u32;
+        Some(Hit {
+            layer: li,
+            experiment: owner.experiment,
+            cell,
+            bucket,
+        })
+    }
+
+    fn named(&self, hit: Hit) -> Assignment<'_> {
+        let layer = self.layers.get(hit.layer as usize).map_or("", |l| &*l.id);
+        let exp = self.experiments.get(hit.experiment as usize);
+        let cell = exp
+            .and_then(|e| e.cells.get(hit.cell as usize))
+            .map_or("", |c| &*c.id);
+        Assignment {
+            layer,
+            experiment: exp.map_or("", |e| &*e.id),
+            cell,
+            bucket: hit.bucket,
+        }
+    }
+
+    /// Experiments first, then rules in order, then the default.
+    fn finish<'s>(&'s self, flag: &'s Flag, hit: Option<Hit>, ctx: &Context) -> Resolution<'s> {
+        if !flag.enabled {
+            return flag.default_resolution(Reason::Disabled);
+        }
+        if let Some(hit) = hit {
+            let variant = self
+                .experiments
+                .get(hit.experiment as usize)
+                .and_then(|e| e.cells.get(hit.cell as usize))
+                .and_then(|c| c.variant_of(flag.index));
+            if let Some(v) = variant {
+                let mut r = flag.resolution(v, Reason::Split);
+                r.assignment = Some(self.named(hit));
+                return r;
+            }
+        }
+        for rule in flag.rules.iter() {
+            if !rule.when.eval(ctx) {
+                continue;
+            }
+            return match &rule.action {
+                Action::Variant(v) => flag.resolution(*v, Reason::TargetingMatch),
+                Action::Rollout {
+                    seed,
+                    unit,
+                    total,
+                    split,
+                } => match ctx.unit(unit) {
+                    Ok(unit) => {
+                        let p = scale(hash(*seed, unit), *total);
+                        match split.iter().find(|(end, _)| p < *end) {
+                            Some(&(_, v)) => flag.resolution(v, Reason::Split),
+                            None => flag.default_resolution(Reason::Default),
+                        }
+                    }
+                    Err(e) => {
+                        let mut r = flag.default_resolution(Reason::Error);
+                        r.error = Some(match e {
+                            UnitError::Missing => ErrorCode::TargetingKeyMissing,
+                            UnitError::Invalid => ErrorCode::InvalidContext,
+                        });
+                        r
+                    }
+                },
+            };
+        }
+        let reason = if flag.rules.is_empty() && flag.layer.is_none() {
+            Reason::Static
+        } else {
+            Reason::Default
+        };
+        flag.default_resolution(reason)
+    }
+}
+
+// === impl Holdout ===
+
+impl Holdout {
+    #[inline]
+    fn contains(&self, ctx: &Context) -> bool {
+        let Ok(unit) = ctx.unit(&self.unit) else {
+            return false;
+        };
+        let b = scale(hash(self.seed, unit), u64::from(self.buckets)) as u32;
+        self.ranges.iter().any(|&(s, e)| s <= b && b < e)
+    }
+}
+
+// === impl Cell ===
+
+impl Cell {
+    #[inline]
+    fn variant_of(&self, flag: u32) -> Option<u32> {
+        self.flags.iter().find(|(f, _)| *f == flag).map(|&(_, v)| v)
+    }
+}
+
+// === impl Flag ===
+
+impl Flag {
+    fn resolution(&self, variant: u32, reason: Reason) -> Resolution<'_> {
+        static NULL: Value = Value::Null;
+        let (name, value) = self
+            .variants
+            .get(variant as usize)
+            .map_or(("", &NULL), |(n, v)| (&**n, v));
+        Resolution {
+            key: &self.key,
+            kind: self.kind,
+            value,
+            variant: name,
+            reason,
+            error: None,
+            assignment: None,
+        }
+    }
+
+    fn default_resolution(&self, reason: Reason) -> Resolution<'_> {
+        self.resolution(self.default, reason)
+    }
+}
+
+// === impl Allocation ===
+
+impl<'s> Allocation<'s> {
+    /// The unit's assignments, one per layer where it has an experiment, in config layer order.
+    pub fn assignments(&self) -> &[Assignment<'s>] {
+        &self.assignments
+    }
+
+    /// Ids of the holdouts the unit is in, in config order.
+    pub fn holdouts(&self) -> &[&'s str] {
+        &self.holdouts
+    }
+}
+
+// === impl Reason ===
+
+impl Reason {
+    /// The OpenFeature spelling: `STATIC`, `DEFAULT`, `TARGETING_MATCH`, `SPLIT`, `DISABLED`, `ERROR`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Static => "STATIC",
+            Reason::Default => "DEFAULT",
+            Reason::TargetingMatch => "TARGETING_MATCH",
+            Reason::Split => "SPLIT",
+            Reason::Disabled => "DISABLED",
+            Reason::Error => "ERROR",
+        }
+    }
+}
+
+// === impl ErrorCode ===
+
+impl ErrorCode {
+    /// The OpenFeature spelling: `TARGETING_KEY_MISSING`, `INVALID_CONTEXT`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::TargetingKeyMissing => "TARGETING_KEY_MISSING",
+            ErrorCode::InvalidContext => "INVALID_CONTEXT",
+        }
+    }
+}
+
+/// The default unit key, re-exported for layer/rollout defaults.
+pub(crate) const DEFAULT_UNIT: &str = TARGETING_KEY;
