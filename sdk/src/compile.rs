@@ -361,6 +361,17 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
         return Err(ConfigErrors(cx.errors));
     }
     let flag_index = flags.iter().map(|f| (f.key.clone(), f.index)).collect();
+    let mut unit_keys: Vec<Box<str>> = layers.iter().map(|l| l.unit.clone()).collect();
+    unit_keys.extend(holdouts.iter().map(|h| h.unit.clone()));
+    for f in &flags {
+        for r in f.rules.iter() {
+            if let Action::Rollout { unit, .. } = &r.action {
+                unit_keys.push(unit.clone());
+            }
+        }
+    }
+    unit_keys.sort_unstable();
+    unit_keys.dedup();
     Ok(Snapshot {
         revision,
         content_hash: config.content_hash(),
@@ -371,6 +382,7 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
         flags: flags.into(),
         flag_index,
         flag_layers: flag_layers.into(),
+        unit_keys: unit_keys.into(),
     })
 }
 

@@ -30,6 +30,8 @@ pub struct Snapshot {
     pub(crate) flag_index: HashMap<Box<str>, u32>,
     /// Distinct layers that drive at least one flag, ascending.
     pub(crate) flag_layers: Box<[u32]>,
+    /// Distinct context keys used as units by layers, holdouts and rollouts, sorted.
+    pub(crate) unit_keys: Box<[Box<str>]>,
 }
 
 #[derive(Debug)]
@@ -214,6 +216,12 @@ impl Snapshot {
     /// The type of flag `key`, if it exists.
     pub fn flag_type(&self, key: &str) -> Option<FlagType> {
         self.flag(key).map(|f| f.kind)
+    }
+
+    /// The context keys this config hashes as units (`targetingKey`, `device_id`, ...), sorted.
+    /// A context with none of them gets no experiment and no rollout.
+    pub fn unit_keys(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        self.unit_keys.iter().map(|k| &**k)
     }
 
     /// Number of layers.

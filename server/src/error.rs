@@ -1,0 +1,128 @@
+//! `ApiError`: the one error type of the request path, with its HTTP and gRPC mappings.
+//!
+//! Clients get a stable code and a specific message naming the problem; a client mistake is
+//! never a 500. Internals go to logs, not to response bodies.
+
+use allot::ConfigErrors;
+use serde::Serialize;
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No config has been accepted yet (readiness is false).
+    #[error("no config loaded yet")]
+    NotReady,
+    /// The request body or message could not be decoded.
+    #[error("{0}")]
+    Parse(String),
+    /// The context is unusable (too many keys, bad unit type, ...).
+    #[error("{0}")]
+    InvalidContext(String),
+    /// The context has none of the unit keys the config hashes.
+    #[error("context has no unit: expected a string attribute {0}")]
+    UnitMissing(String),
+    /// An unknown flag key.
+    #[error("flag `{0}` not found")]
+    FlagNotFound(String),
+    /// A flag asked for as the wrong type.
+    #[error("flag `{key}` is {actual}, not {requested}")]
+    TypeMismatch {
+        /// Flag key.
+        key: String,
+        /// The flag's type.
+        actual: &'static str,
+        /// The type asked for.
+        requested: &'static str,
+    },
+    /// A config document was rejected; carries every error with its path.
+    #[error("{0}")]
+    Config(ConfigErrors),
+    /// `If-Match` did not name the serving revision.
+    #[error("revision {current} is serving, not {expected}")]
+    RevisionMismatch {
+        /// The revision the client expected.
+        expected: String,
+        /// The serving revision.
+        current: u64,
+    },
+    /// No or malformed credentials.
+    #[error("missing or malformed bearer token")]
+    Unauthorized,
+    /// Valid-looking credentials that do not grant this operation.
+    #[error("token does not grant this operation")]
+    Forbidden,
+    /// A server-side failure (I/O); the message is logged, not sent.
+    #[error("internal error")]
+    Internal(String),
+}
+
+/// One config error as sent to clients.
+#[derive(Debug, Serialize)]
+pub struct ConfigErrorBody {
+    /// Path of the value at fault.
+    pub path: String,
+    /// The reason.
+    pub message: String,
+}
+
+// === impl ApiError ===
+
+impl ApiError {
+    /// A stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::NotReady => "NOT_READY",
+            ApiError::Parse(_) => "PARSE_ERROR",
+            ApiError::InvalidContext(_) => "INVALID_CONTEXT",
+            ApiError::UnitMissing(_) => "TARGETING_KEY_MISSING",
+            ApiError::FlagNotFound(_) => "FLAG_NOT_FOUND",
+            ApiError::TypeMismatch { .. } => "TYPE_MISMATCH",
+            ApiError::Config(_) => "INVALID_CONFIG",
+            ApiError::RevisionMismatch { .. } => "REVISION_MISMATCH",
+            ApiError::Unauthorized => "UNAUTHORIZED",
+            ApiError::Forbidden => "FORBIDDEN",
+            ApiError::Internal(_) => "INTERNAL",
+        }
+    }
+
+    /// The config errors, for bodies that list them.
+    pub fn config_errors(&self) -> Vec<ConfigErrorBody> {
+        match self {
+            ApiError::Config(errs) => errs
+                .errors()
+                .iter()
+                .map(|e| ConfigErrorBody {
+                    path: e.path.clone(),
+                    message: e.kind.to_string(),
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl From<ConfigErrors> for ApiError {
+    fn from(e: ConfigErrors) -> Self {
+        ApiError::Config(e)
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(e: ApiError) -> Self {
+        use tonic::Code;
+        let code = match &e {
+            ApiError::NotReady => Code::Unavailable,
+            ApiError::Parse(_)
+            | ApiError::InvalidContext(_)
+            | ApiError::UnitMissing(_)
+            | ApiError::TypeMismatch { .. }
+            | ApiError::Config(_) => Code::InvalidArgument,
+            ApiError::FlagNotFound(_) => Code::NotFound,
+            ApiError::RevisionMismatch { .. } => Code::FailedPrecondition,
+            ApiError::Unauthorized => Code::Unauthenticated,
+            ApiError::Forbidden => Code::PermissionDenied,
+            ApiError::Internal(_) => Code::Internal,
+        };
+        tonic::Status::new(code, e.to_string())
+    }
+}

@@ -1,0 +1,12 @@
+//! # allot-server
+//!
+//! Serves the allot engine: native HTTP and gRPC allocation, hot-swapped config, trace
+//! stamping. One [`service::Service`] holds the logic; transports only map requests,
+//! responses and errors. See ARCHITECTURE.md for the request and reload paths.
+
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod service;
+pub mod state;
+pub mod upstream;

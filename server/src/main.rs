@@ -1,0 +1,2 @@
+//! `allot-server` binary (being assembled: see lib).
+fn main() {}

@@ -1,0 +1,212 @@
+//! The one service type: everything a request means, independent of transport.
+//!
+//! HTTP (axum) and gRPC (tonic) handlers decode their input, call [`Service`], and encode the
+//! view it hands back; they hold no logic of their own. Each call loads the snapshot exactly
+//! once, so one request sees one config.
+
+use std::sync::Arc;
+
+use allot::{Allocation, Context, Reason, Resolution, Snapshot, stamp};
+use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer};
+
+use crate::error::ApiError;
+use crate::state::ConfigStore;
+
+/// Request limits enforced before evaluation.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most attributes a context may carry.
+    pub max_context_keys: usize,
+    /// Byte budget of the `allot` baggage value.
+    pub stamp_budget: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_context_keys: 1_000,
+            stamp_budget: stamp::DEFAULT_BUDGET,
+        }
+    }
+}
+
+/// The logic of every evaluation endpoint.
+#[derive(Debug, Clone)]
+pub struct Service {
+    store: Arc<ConfigStore>,
+    limits: Limits,
+}
+
+/// What one allocation produced, borrowed from the snapshot it was computed on.
+#[derive(Debug)]
+pub struct AllocateView<'s> {
+    /// The snapshot (for revision and lookups).
+    pub snapshot: &'s Snapshot,
+    /// Experiments per layer and holdouts.
+    pub allocation: Allocation<'s>,
+    /// Flags, in config order (all, or the ones asked for).
+    pub flags: Vec<Resolution<'s>>,
+    /// The stamp value `1.<rev>.<exp>~<cell>...`.
+    pub stamp: String,
+    /// The outgoing `baggage` header: our member first, the caller's kept.
+    pub baggage: String,
+}
+
+// === impl Service ===
+
+impl Service {
+    /// A service over `store`.
+    pub fn new(store: Arc<ConfigStore>, limits: Limits) -> Self {
+        Self { store, limits }
+    }
+
+    /// The config store.
+    pub fn store(&self) -> &Arc<ConfigStore> {
+        &self.store
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Allocates the context in every layer and resolves every flag (or only `keys` if not
+    /// empty), then hands the view to `f` while the snapshot is held.
+    pub fn allocate<R>(
+        &self,
+        ctx: &Context,
+        keys: &[String],
+        incoming_baggage: &[&str],
+        f: impl FnOnce(&AllocateView<'_>) -> R,
+    ) -> Result<R, ApiError> {
+        let guard = self.store.load();
+        let snapshot: &Snapshot = guard.as_ref().ok_or(ApiError::NotReady)?;
+        self.check_context(snapshot, ctx)?;
+        let allocation = snapshot.allocate(ctx);
+        let flags = if keys.is_empty() {
+            snapshot.resolve_all(ctx)
+        } else {
+            keys.iter()
+                .map(|k| {
+                    snapshot
+                        .resolve(k, ctx)
+                        .map_err(|e| ApiError::FlagNotFound(e.0))
+                })
+                .collect::<Result<_, _>>()?
+        };
+        let stamp = stamp::stamp(snapshot.revision(), &allocation, self.limits.stamp_budget);
+        let baggage = stamp::merge(&stamp, incoming_baggage.iter().copied());
+        Ok(f(&AllocateView {
+            snapshot,
+            allocation,
+            flags,
+            stamp,
+            baggage,
+        }))
+    }
+
+    /// Rejects contexts the engine would silently give nothing: too many keys, no unit at
+    /// all, or a unit attribute that is not a 1-256 byte string.
+    pub fn check_context(&self, snapshot: &Snapshot, ctx: &Context) -> Result<(), ApiError> {
+        if ctx.len() > self.limits.max_context_keys {
+            return Err(ApiError::InvalidContext(format!(
+                "context has {} attributes, more than the limit of {}",
+                ctx.len(),
+                self.limits.max_context_keys
+            )));
+        }
+        let mut present = false;
+        for key in snapshot.unit_keys() {
+            match ctx.unit(key) {
+                Ok(_) => present = true,
+                Err(allot::UnitError::Missing) => {}
+                Err(allot::UnitError::Invalid) => {
+                    return Err(ApiError::InvalidContext(format!(
+                        "context attribute `{key}` must be a string of 1 to {} bytes",
+                        allot::id::MAX_UNIT_LEN
+                    )));
+                }
+            }
+        }
+        if !present && snapshot.unit_keys().len() > 0 {
+            let keys: Vec<String> = snapshot.unit_keys().map(|k| format!("`{k}`")).collect();
+            return Err(ApiError::UnitMissing(keys.join(" or ")));
+        }
+        Ok(())
+    }
+}
+
+// === impl AllocateView ===
+
+impl AllocateView<'_> {
+    /// The `allot=<stamp>` baggage member alone (the body's `baggage` field).
+    pub fn member(&self) -> String {
+        format!("{}={}", stamp::KEY, self.stamp)
+    }
+}
+
+/// The native JSON response (docs/spec.md §5).
+impl Serialize for AllocateView<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Alloc<'a> {
+            layer: &'a str,
+            experiment: &'a str,
+            cell: &'a str,
+            bucket: u32,
+        }
+        let mut m = s.serialize_map(Some(5))?;
+        m.serialize_entry("revision", &self.snapshot.revision())?;
+        let allocs: Vec<Alloc<'_>> = self
+            .allocation
+            .assignments()
+            .iter()
+            .map(|a| Alloc {
+                layer: a.layer,
+                experiment: a.experiment,
+                cell: a.cell,
+                bucket: a.bucket,
+            })
+            .collect();
+        m.serialize_entry("allocations", &allocs)?;
+        m.serialize_entry("holdouts", self.allocation.holdouts())?;
+        m.serialize_entry("flags", &FlagMap(&self.flags))?;
+        m.serialize_entry("baggage", &self.member())?;
+        m.end()
+    }
+}
+
+struct FlagMap<'a, 's>(&'a [Resolution<'s>]);
+
+impl Serialize for FlagMap<'_, '_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for r in self.0 {
+            m.serialize_entry(r.key, &FlagJson(r))?;
+        }
+        m.end()
+    }
+}
+
+/// One flag in the native response: `{value, variant, reason[, experiment, cell, layer][, errorCode]}`.
+pub struct FlagJson<'a, 's>(pub &'a Resolution<'s>);
+
+impl Serialize for FlagJson<'_, '_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let r = self.0;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("value", r.value)?;
+        m.serialize_entry("variant", r.variant)?;
+        m.serialize_entry("reason", r.reason.as_str())?;
+        if let Some(a) = &r.assignment {
+            m.serialize_entry("experiment", a.experiment)?;
+            m.serialize_entry("cell", a.cell)?;
+            m.serialize_entry("layer", a.layer)?;
+        }
+        if let (Reason::Error, Some(code)) = (r.reason, r.error) {
+            m.serialize_entry("errorCode", code.as_str())?;
+        }
+        m.end()
+    }
+}

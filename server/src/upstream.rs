@@ -1,0 +1,1 @@
+//! `--upstream URL`: follow another allot-server over `WatchConfig`, adopting its revisions.
