@@ -83,7 +83,10 @@ mod tests {
         assert_eq!(hash(seed("home-2026q4"), "m-123"), 0xa2cc_b3c2_0231_eeea);
         assert_eq!(bucket("home-2026q4", "m-123", 10_000), 6359);
         assert_eq!(seed("smarter-prefetch"), 0x15d5_35c0_c059_9dc3);
-        assert_eq!(hash(seed("smarter-prefetch"), "m-123"), 0xad69_32b3_a9cc_93a4);
+        assert_eq!(
+            hash(seed("smarter-prefetch"), "m-123"),
+            0xad69_32b3_a9cc_93a4
+        );
         assert_eq!(pick("smarter-prefetch", "m-123", &[1, 1]), Some(1));
     }
 

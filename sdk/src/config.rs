@@ -19,7 +19,11 @@ pub const DEFAULT_BUCKETS: u32 = 10_000;
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Named reusable conditions, referenced as `{ segment: <id> }`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "unique_keys"
+    )]
     pub segments: BTreeMap<String, Value>,
     /// Layers in order; allocations are reported in this order.
     #[serde(default)]
@@ -83,7 +87,7 @@ pub struct CellConfig {
     #[serde(default = "one")]
     pub weight: u32,
     /// The flag variants this cell selects: flag key → variant name.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
     pub flags: BTreeMap<String, String>,
 }
 
@@ -134,6 +138,7 @@ pub struct FlagConfig {
     #[serde(rename = "type")]
     pub kind: FlagType,
     /// Named values.
+    #[serde(deserialize_with = "unique_keys")]
     pub variants: BTreeMap<String, Value>,
     /// The variant served when nothing else decides.
     pub default: String,
@@ -185,6 +190,39 @@ pub struct SplitConfig {
     pub variant: String,
     /// Integer weight.
     pub weight: u32,
+}
+
+/// A map whose keys are ids (segments, variants, a cell's flags): a repeated key is an error
+/// instead of the last one silently winning.
+fn unique_keys<'de, D, V>(de: D) -> Result<BTreeMap<String, V>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    struct Unique<V>(std::marker::PhantomData<V>);
+    impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Unique<V> {
+        type Value = BTreeMap<String, V>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a map with unique keys")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if out.contains_key(&key) {
+                    return Err(serde::de::Error::custom(format_args!(
+                        "duplicate key `{key}`"
+                    )));
+                }
+                let value = map.next_value()?;
+                out.insert(key, value);
+            }
+            Ok(out)
+        }
+    }
+    de.deserialize_map(Unique(std::marker::PhantomData))
 }
 
 fn one() -> u32 {
@@ -243,5 +281,39 @@ impl Config {
 fn parse_error(path: String, message: String) -> ConfigErrors {
     // serde_path_to_error renders the root as ".".
     let path = if path == "." { String::new() } else { path };
+    // The YAML parser prefixes its own location ("layers[0]: unknown field ..."); the path
+    // already says where, so keep the reason only.
+    let message = match message.split_once(": ") {
+        Some((prefix, rest)) if !path.is_empty() && path.starts_with(prefix) => rest.to_owned(),
+        _ => message,
+    };
     ConfigError::new(path, ErrorKind::Parse { message }).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_errors_name_the_path_once() {
+        let e = Config::parse("layers:\n  - { id: a, bucket: 3 }\n").unwrap_err();
+        let e = &e.errors()[0];
+        assert_eq!(e.path, "layers[0].bucket");
+        assert!(
+            e.kind.to_string().starts_with("unknown field `bucket`"),
+            "{}",
+            e.kind
+        );
+        let e = Config::parse(r#"{"layers": [{"id": "a", "buckets": "x"}]}"#).unwrap_err();
+        assert_eq!(e.errors()[0].path, "layers[0].buckets");
+    }
+
+    #[test]
+    fn content_hash_ignores_format_and_key_order() {
+        let yaml = Config::parse("layers: [{ id: a, salt: s }]\nflags: []\n").unwrap();
+        let json = Config::parse(r#"{"flags": [], "layers": [{"salt": "s", "id": "a"}]}"#).unwrap();
+        assert_eq!(yaml.content_hash(), json.content_hash());
+        let other = Config::parse("layers: [{ id: a, salt: t }]").unwrap();
+        assert_ne!(yaml.content_hash(), other.content_hash());
+    }
 }

@@ -136,14 +136,6 @@ pub enum ErrorKind {
         /// What is empty.
         what: &'static str,
     },
-    /// A weight sum too large to hash into.
-    #[error("weights sum to {total}, more than {max}")]
-    WeightOverflow {
-        /// The sum.
-        total: u64,
-        /// The largest accepted sum.
-        max: u64,
-    },
     /// A regular expression that does not compile.
     #[error("invalid regex `{pattern}`: {reason}")]
     BadRegex {
