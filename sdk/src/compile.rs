@@ -7,10 +7,11 @@
 
 use std::collections::HashMap;
 
+use foldhash::fast::FixedState;
 use serde_json::{Number, Value};
 
 use crate::bucket::seed;
-use crate::condition::Compiler;
+use crate::condition::{Compiler, Condition};
 use crate::config::{Config, DEFAULT_BUCKETS, FlagConfig, FlagType, RuleConfig};
 use crate::error::{ConfigError, ConfigErrors, ErrorKind, json_type};
 use crate::id::{is_valid_flag_key, is_valid_id};
@@ -28,7 +29,32 @@ const FLAG_KEY_PATTERN: &str = "[A-Za-z0-9_.-]{1,64}";
 ///
 /// On failure every problem is reported, each with the path of the value at fault.
 pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors> {
-    let mut cx = Cx { errors: Vec::new() };
+    // Unit keys first: layers, holdouts and rollouts refer to them by index.
+    let mut unit_keys: Vec<&str> = config
+        .layers
+        .iter()
+        .map(|l| l.unit.as_deref().unwrap_or(DEFAULT_UNIT))
+        .chain(
+            config
+                .holdouts
+                .iter()
+                .map(|h| h.unit.as_deref().unwrap_or(DEFAULT_UNIT)),
+        )
+        .chain(
+            config
+                .flags
+                .iter()
+                .flat_map(|f| f.rules.iter())
+                .filter_map(|r| r.rollout.as_ref())
+                .map(|r| r.unit.as_deref().unwrap_or(DEFAULT_UNIT)),
+        )
+        .collect();
+    unit_keys.sort_unstable();
+    unit_keys.dedup();
+    let mut cx = Cx {
+        errors: Vec::new(),
+        unit_keys: &unit_keys,
+    };
     let mut conds = Compiler::new(&config.segments);
     conds.compile_segments();
 
@@ -52,8 +78,9 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
             id: l.id.as_str().into(),
             seed: seed(salt),
             buckets: cx.buckets(&format!("{path}.buckets"), l.buckets),
-            unit: cx.unit(&format!("{path}.unit"), l.unit.as_deref()).into(),
-            owners: Box::new([]),
+            unit: cx.unit(&format!("{path}.unit"), l.unit.as_deref()),
+            first: 0,
+            len: 0,
             holdouts: Box::new([]),
         });
     }
@@ -91,6 +118,9 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
     // --- experiments
     let mut owner_ids: HashMap<&str, String> = HashMap::new(); // id -> path, shared with holdouts
     let mut experiments: Vec<Experiment> = Vec::with_capacity(config.experiments.len());
+    // Per experiment, what its owned ranges carry (see `Owner`).
+    let mut metas: Vec<Owner> = Vec::with_capacity(config.experiments.len());
+    let mut cells: Vec<Cell> = Vec::with_capacity(config.experiments.len() * 2);
     // (layer, start, end, experiment, path) for the overlap check.
     let mut claims: Vec<(u32, u32, u32, u32, String)> = Vec::new();
     let mut flag_layer: Vec<Option<(u32, String)>> = vec![None; flags.len()];
@@ -146,7 +176,7 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
         }
         let mut cell_ids: HashMap<&str, ()> = HashMap::new();
         let mut end = 0u64;
-        let mut cells = Vec::with_capacity(e.cells.len());
+        let first_cell = cells.len() as u32;
         for (c, cell) in e.cells.iter().enumerate() {
             let cpath = format!("{path}.cells[{c}]");
             cx.id(&format!("{cpath}.id"), "cell id", &cell.id);
@@ -212,18 +242,21 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
             cx.err(format!("{path}.cells"), ErrorKind::ZeroWeight);
         }
         let salt = cx.salt(&format!("{path}.salt"), e.salt.as_deref(), &e.id);
-        experiments.push(Experiment {
-            id: e.id.as_str().into(),
+        metas.push(Owner {
+            experiment: i as u32,
+            experiment_id: e.id.as_str().into(),
+            conditional: !matches!(when, Condition::True),
+            first_cell,
+            cell_count: cells.len() as u32 - first_cell,
             seed: seed(salt),
-            when,
-            cells: cells.into(),
             total: end,
         });
+        experiments.push(Experiment { when });
     }
 
     // Disjoint ranges per layer: sort by (layer, start) and compare with the furthest end so far.
     claims.sort_by_key(|c| (c.0, c.1, c.2));
-    let mut owners: Vec<Vec<Owner>> = (0..layers.len()).map(|_| Vec::new()).collect();
+    let mut per_layer: Vec<Vec<(u32, u32, u32)>> = (0..layers.len()).map(|_| Vec::new()).collect();
     let mut prev: Option<(u32, u32, u32, u32)> = None; // layer, start, end, experiment of the furthest-reaching claim
     for (li, start, end, exp, path) in claims {
         if let Some((pl, ps, pe, pexp)) = prev
@@ -237,7 +270,7 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
                     other_range: format!("{ps}..{pe}"),
                     other: format!(
                         "experiment {}",
-                        experiments.get(pexp as usize).map_or("", |e| &*e.id)
+                        metas.get(pexp as usize).map_or("", |m| &*m.experiment_id)
                     ),
                 },
             );
@@ -246,16 +279,21 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
             }
         }
         prev = Some((li, start, end, exp));
-        if let Some(o) = owners.get_mut(li as usize) {
-            o.push(Owner {
-                start,
-                end,
-                experiment: exp,
-            });
+        if let Some(o) = per_layer.get_mut(li as usize) {
+            o.push((start, end, exp));
         }
     }
-    for (layer, o) in layers.iter_mut().zip(owners) {
-        layer.owners = o.into();
+    let mut bounds: Vec<(u32, u32)> = Vec::new();
+    let mut owners: Vec<Owner> = Vec::new();
+    for (layer, claims) in layers.iter_mut().zip(per_layer) {
+        layer.first = bounds.len() as u32;
+        layer.len = claims.len() as u32;
+        for (start, end, exp) in claims {
+            if let Some(meta) = metas.get(exp as usize) {
+                bounds.push((start, end));
+                owners.push(meta.clone());
+            }
+        }
     }
 
     // --- holdouts
@@ -340,7 +378,7 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
             id: h.id.as_str().into(),
             seed: seed(salt),
             buckets,
-            unit: cx.unit(&format!("{path}.unit"), h.unit.as_deref()).into(),
+            unit: cx.unit(&format!("{path}.unit"), h.unit.as_deref()),
             ranges: kept.into(),
         });
     }
@@ -360,29 +398,22 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
     if !cx.errors.is_empty() {
         return Err(ConfigErrors(cx.errors));
     }
-    let flag_index = flags.iter().map(|f| (f.key.clone(), f.index)).collect();
-    let mut unit_keys: Vec<Box<str>> = layers.iter().map(|l| l.unit.clone()).collect();
-    unit_keys.extend(holdouts.iter().map(|h| h.unit.clone()));
-    for f in &flags {
-        for r in f.rules.iter() {
-            if let Action::Rollout { unit, .. } = &r.action {
-                unit_keys.push(unit.clone());
-            }
-        }
-    }
-    unit_keys.sort_unstable();
-    unit_keys.dedup();
+    let mut flag_index = HashMap::with_capacity_and_hasher(flags.len(), FixedState::default());
+    flag_index.extend(flags.iter().map(|f| (f.key.clone(), f.index)));
     Ok(Snapshot {
         revision,
         content_hash: config.content_hash(),
         config: config.clone(),
         layers: layers.into(),
+        bounds: bounds.into(),
+        owners: owners.into(),
         experiments: experiments.into(),
+        cells: cells.into(),
         holdouts: holdouts.into(),
         flags: flags.into(),
         flag_index,
         flag_layers: flag_layers.into(),
-        unit_keys: unit_keys.into(),
+        unit_keys: unit_keys.iter().map(|&k| Box::from(k)).collect(),
     })
 }
 
@@ -391,12 +422,13 @@ pub fn compile_str(text: &str, revision: u64) -> Result<Snapshot, ConfigErrors> 
     compile(&Config::parse(text)?, revision)
 }
 
-/// Error collection for one compilation.
-struct Cx {
+/// Error collection for one compilation, and the unit keys to index.
+struct Cx<'k> {
     errors: Vec<ConfigError>,
+    unit_keys: &'k [&'k str],
 }
 
-impl Cx {
+impl Cx<'_> {
     fn err(&mut self, path: impl Into<String>, kind: ErrorKind) {
         self.errors.push(ConfigError::new(path, kind));
     }
@@ -425,15 +457,13 @@ impl Cx {
         }
     }
 
-    fn unit<'a>(&mut self, path: &str, unit: Option<&'a str>) -> &'a str {
-        match unit {
-            Some("") => {
-                self.err(path, ErrorKind::Empty { what: "unit" });
-                ""
-            }
-            Some(u) => u,
-            None => DEFAULT_UNIT,
+    /// The index of a unit key in the snapshot's unit keys (all were collected up front).
+    fn unit(&mut self, path: &str, unit: Option<&str>) -> u32 {
+        let unit = unit.unwrap_or(DEFAULT_UNIT);
+        if unit.is_empty() {
+            self.err(path, ErrorKind::Empty { what: "unit" });
         }
+        self.unit_keys.binary_search(&unit).unwrap_or(0) as u32
     }
 
     fn buckets(&mut self, path: &str, buckets: Option<u64>) -> u32 {
@@ -567,9 +597,7 @@ impl Cx {
                         self.salt(&format!("{rpath}.rollout.salt"), ro.salt.as_deref(), &f.key);
                     Action::Rollout {
                         seed: seed(salt),
-                        unit: self
-                            .unit(&format!("{rpath}.rollout.unit"), ro.unit.as_deref())
-                            .into(),
+                        unit: self.unit(&format!("{rpath}.rollout.unit"), ro.unit.as_deref()),
                         total: end,
                         split: split.into(),
                     }

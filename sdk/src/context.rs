@@ -3,7 +3,11 @@
 //! A context is a JSON object. `targetingKey` is the default unit; layers, holdouts and
 //! rollouts may name another key (`device_id`, `household_id`). The engine only reads it.
 
-use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use serde::de::{MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use crate::id::MAX_UNIT_LEN;
@@ -11,10 +15,19 @@ use crate::id::MAX_UNIT_LEN;
 /// The context key that holds the unit id unless a layer names another one.
 pub const TARGETING_KEY: &str = "targetingKey";
 
-/// The attributes a flag or experiment is evaluated against.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Context(Map<String, Value>);
+/// Contexts up to this size are searched linearly (comparing lengths first), larger ones by
+/// binary search.
+const LINEAR: usize = 16;
+
+/// The attributes a flag or experiment is evaluated against: a JSON object.
+///
+/// Stored as a vector sorted by key: request contexts are small, and a length-first scan over
+/// a contiguous vector beats a tree or hash map on every lookup the engine makes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Context {
+    /// Sorted by key, keys unique.
+    attrs: Vec<(Box<str>, Value)>,
+}
 
 /// Why a context has no usable unit for a layer, holdout or rollout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,19 +53,37 @@ impl Context {
 
     /// Adds (or replaces) an attribute, builder style.
     pub fn with(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
-        self.0.insert(key.into(), value.into());
+        self.insert(key, value);
         self
     }
 
     /// Adds (or replaces) an attribute.
     pub fn insert(&mut self, key: impl Into<String>, value: impl Into<Value>) {
-        self.0.insert(key.into(), value.into());
+        let key: Box<str> = key.into().into_boxed_str();
+        match self.attrs.binary_search_by(|(k, _)| (**k).cmp(&*key)) {
+            Ok(i) => {
+                if let Some(slot) = self.attrs.get_mut(i) {
+                    slot.1 = value.into();
+                }
+            }
+            Err(i) => self.attrs.insert(i, (key, value.into())),
+        }
     }
 
     /// The attribute `key`; JSON `null` counts as absent.
     #[inline]
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.0.get(key).filter(|v| !v.is_null())
+        let found = if self.attrs.len() <= LINEAR {
+            self.attrs
+                .iter()
+                .find(|(k, _)| k.len() == key.len() && **k == *key)
+        } else {
+            self.attrs
+                .binary_search_by(|(k, _)| (**k).cmp(key))
+                .ok()
+                .and_then(|i| self.attrs.get(i))
+        };
+        found.map(|(_, v)| v).filter(|v| !v.is_null())
     }
 
     /// The `targetingKey` attribute, if it is a string.
@@ -72,44 +103,119 @@ impl Context {
 
     /// Number of attributes.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.attrs.len()
     }
 
     /// Whether the context has no attributes.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.attrs.is_empty()
+    }
+
+    /// The attributes, sorted by key.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &Value)> + '_ {
+        self.attrs.iter().map(|(k, v)| (&**k, v))
     }
 
     /// The attributes as a JSON object.
-    pub fn as_map(&self) -> &Map<String, Value> {
-        &self.0
+    pub fn into_map(self) -> Map<String, Value> {
+        self.attrs
+            .into_iter()
+            .map(|(k, v)| (k.into_string(), v))
+            .collect()
     }
 
-    /// Consumes the context into its JSON object.
-    pub fn into_map(self) -> Map<String, Value> {
-        self.0
+    /// Builds from unsorted pairs; for a repeated key the last value wins, as in JSON.
+    fn from_pairs(mut attrs: Vec<(Box<str>, Value)>) -> Self {
+        // Stable sort keeps equal keys in input order; then keep the last of each run.
+        attrs.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out: Vec<(Box<str>, Value)> = Vec::with_capacity(attrs.len());
+        for (k, v) in attrs {
+            match out.last_mut() {
+                Some(last) if last.0 == k => last.1 = v,
+                _ => out.push((k, v)),
+            }
+        }
+        Self { attrs: out }
     }
 }
 
 impl From<Map<String, Value>> for Context {
     fn from(map: Map<String, Value>) -> Self {
-        Self(map)
+        Self::from_pairs(
+            map.into_iter()
+                .map(|(k, v)| (k.into_boxed_str(), v))
+                .collect(),
+        )
     }
 }
 
 impl<K: Into<String>, V: Into<Value>> FromIterator<(K, V)> for Context {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        Self(
+        Self::from_pairs(
             iter.into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
+                .map(|(k, v)| (k.into().into_boxed_str(), v.into()))
                 .collect(),
         )
+    }
+}
+
+impl Serialize for Context {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.attrs.len()))?;
+        for (k, v) in &self.attrs {
+            m.serialize_entry(&**k, v)?;
+        }
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Context {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Attrs;
+        impl<'de> Visitor<'de> for Attrs {
+            type Value = Context;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object of context attributes")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Context, A::Error> {
+                let mut attrs = Vec::with_capacity(map.size_hint().unwrap_or(8).min(64));
+                while let Some((k, v)) = map.next_entry::<String, Value>()? {
+                    attrs.push((k.into_boxed_str(), v));
+                }
+                Ok(Context::from_pairs(attrs))
+            }
+        }
+        d.deserialize_map(Attrs)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lookups_small_and_large() {
+        let small: Context = (0..10).map(|i| (format!("k{i}"), i)).collect();
+        let large: Context = (0..100).rev().map(|i| (format!("k{i}"), i)).collect();
+        for ctx in [&small, &large] {
+            assert_eq!(ctx.get("k7"), Some(&Value::from(7)));
+            assert_eq!(ctx.get("k"), None);
+            assert_eq!(ctx.get("k77").is_some(), ctx.len() == 100);
+        }
+        let keys: Vec<&str> = large.iter().map(|(k, _)| k).collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "sorted and unique");
+    }
+
+    #[test]
+    fn json_round_trip_and_last_duplicate_wins() {
+        let ctx: Context = serde_json::from_str(r#"{"b": 1, "a": "x", "b": 2}"#).unwrap();
+        assert_eq!(ctx.len(), 2);
+        assert_eq!(ctx.get("b"), Some(&Value::from(2)));
+        assert_eq!(serde_json::to_string(&ctx).unwrap(), r#"{"a":"x","b":2}"#);
+        let mut ctx = ctx.with("a", "y");
+        ctx.insert("c", true);
+        assert_eq!(ctx.into_map().len(), 3);
+    }
 
     #[test]
     fn unit_rules() {

@@ -5,7 +5,9 @@
 //! ranges sorted, references resolved to indices. Must not do I/O, read a clock or use an RNG.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use foldhash::fast::FixedState;
 use serde_json::Value;
 use smallvec::SmallVec;
 
@@ -18,19 +20,33 @@ use crate::context::{Context, TARGETING_KEY, UnitError};
 const INLINE: usize = 8;
 
 /// A compiled config: build it with [`crate::compile`], share it (`Arc`) across threads.
+///
+/// Laid out for lookups: each layer's owned ranges are a contiguous slice of `bounds`, with
+/// the owning experiment's cell seed and weights copied beside them in `owners`, and every
+/// experiment's cells are a contiguous slice of `cells`. A unit's pass through a layer touches
+/// a handful of cache lines and no pointers it does not need.
 #[derive(Debug)]
 pub struct Snapshot {
     pub(crate) revision: u64,
     pub(crate) content_hash: u64,
     pub(crate) config: Config,
     pub(crate) layers: Box<[Layer]>,
+    /// `[start, end)` of every owned range, grouped by layer, sorted by start within a layer.
+    pub(crate) bounds: Box<[(u32, u32)]>,
+    /// Parallel to `bounds`: who owns the range.
+    pub(crate) owners: Box<[Owner]>,
     pub(crate) experiments: Box<[Experiment]>,
+    /// Every experiment's cells, grouped by experiment.
+    pub(crate) cells: Box<[Cell]>,
     pub(crate) holdouts: Box<[Holdout]>,
     pub(crate) flags: Box<[Flag]>,
-    pub(crate) flag_index: HashMap<Box<str>, u32>,
+    /// Flag key → index. A fixed-seed hasher: lookups are fast and the engine stays free of
+    /// per-process randomness (keys come from the config, so requests cannot grow chains).
+    pub(crate) flag_index: HashMap<Box<str>, u32, FixedState>,
     /// Distinct layers that drive at least one flag, ascending.
     pub(crate) flag_layers: Box<[u32]>,
     /// Distinct context keys used as units by layers, holdouts and rollouts, sorted.
+    /// Layers, holdouts and rollouts refer to them by index so a request reads each once.
     pub(crate) unit_keys: Box<[Box<str>]>,
 }
 
@@ -39,34 +55,40 @@ pub(crate) struct Layer {
     pub(crate) id: Box<str>,
     pub(crate) seed: u64,
     pub(crate) buckets: u32,
-    pub(crate) unit: Box<str>,
-    /// Owned ranges, sorted by start, disjoint.
-    pub(crate) owners: Box<[Owner]>,
+    /// Index into `Snapshot::unit_keys`.
+    pub(crate) unit: u32,
+    /// This layer's slice of `bounds`/`owners`.
+    pub(crate) first: u32,
+    pub(crate) len: u32,
     /// Holdouts covering this layer.
     pub(crate) holdouts: Box<[u32]>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Owner {
-    pub(crate) start: u32,
-    pub(crate) end: u32,
     pub(crate) experiment: u32,
-}
-
-#[derive(Debug)]
-pub(crate) struct Experiment {
-    pub(crate) id: Box<str>,
+    /// The experiment's id, shared, so naming an assignment needs no extra lookup.
+    pub(crate) experiment_id: Arc<str>,
+    /// Whether the experiment has a `when` condition to check.
+    pub(crate) conditional: bool,
+    /// The experiment's slice of `cells`.
+    pub(crate) first_cell: u32,
+    pub(crate) cell_count: u32,
+    /// The experiment's cell seed and total weight.
     pub(crate) seed: u64,
-    pub(crate) when: Condition,
-    pub(crate) cells: Box<[Cell]>,
     pub(crate) total: u64,
 }
 
 #[derive(Debug)]
+pub(crate) struct Experiment {
+    pub(crate) when: Condition,
+}
+
+#[derive(Debug)]
 pub(crate) struct Cell {
-    pub(crate) id: Box<str>,
     /// Exclusive upper end of this cell's slice of `0..total`.
     pub(crate) end: u64,
+    pub(crate) id: Box<str>,
     /// (flag index, variant index), sorted by flag index.
     pub(crate) flags: Box<[(u32, u32)]>,
 }
@@ -76,7 +98,8 @@ pub(crate) struct Holdout {
     pub(crate) id: Box<str>,
     pub(crate) seed: u64,
     pub(crate) buckets: u32,
-    pub(crate) unit: Box<str>,
+    /// Index into `Snapshot::unit_keys`.
+    pub(crate) unit: u32,
     pub(crate) ranges: Box<[(u32, u32)]>,
 }
 
@@ -104,7 +127,8 @@ pub(crate) enum Action {
     Variant(u32),
     Rollout {
         seed: u64,
-        unit: Box<str>,
+        /// Index into `Snapshot::unit_keys`.
+        unit: u32,
         total: u64,
         /// (exclusive cumulative end, variant index), in split order.
         split: Box<[(u64, u32)]>,
@@ -185,10 +209,15 @@ pub struct FlagNotFound(pub String);
 #[derive(Debug, Clone, Copy)]
 struct Hit {
     layer: u32,
-    experiment: u32,
+    /// Index into `bounds`/`owners`.
+    owner: u32,
+    /// Index into `cells`.
     cell: u32,
     bucket: u32,
 }
+
+/// Each unit key's value in one context, read once per request.
+type Units<'c> = SmallVec<[Result<&'c str, UnitError>; 4]>;
 
 // === impl Snapshot ===
 
@@ -246,18 +275,22 @@ impl Snapshot {
     pub fn allocate_into<'s>(&'s self, ctx: &Context, out: &mut Allocation<'s>) {
         out.assignments.clear();
         out.holdouts.clear();
+        let units = self.units(ctx);
         let mut held: SmallVec<[u32; 4]> = SmallVec::new();
         for (i, h) in self.holdouts.iter().enumerate() {
-            if h.contains(ctx) {
+            if h.contains(&units) {
                 held.push(i as u32);
                 out.holdouts.push(&h.id);
             }
         }
         for (li, layer) in self.layers.iter().enumerate() {
-            if layer.holdouts.iter().any(|h| held.contains(h)) {
+            if !held.is_empty() && layer.holdouts.iter().any(|h| held.contains(h)) {
                 continue;
             }
-            if let Some(hit) = self.assign(li as u32, layer, ctx) {
+            let Some(Ok(unit)) = units.get(layer.unit as usize) else {
+                continue;
+            };
+            if let Some(hit) = self.assign(li as u32, layer, unit, ctx) {
                 out.assignments.push(self.named(hit));
             }
         }
@@ -268,23 +301,26 @@ impl Snapshot {
         let Some(flag) = self.flag(key) else {
             return Err(FlagNotFound(key.to_owned()));
         };
-        let hit = match flag.layer {
-            Some(li) if flag.enabled => match self.layers.get(li as usize) {
-                Some(layer) => {
-                    if layer
-                        .holdouts
-                        .iter()
-                        .any(|&h| self.holdout(h).is_some_and(|h| h.contains(ctx)))
-                    {
-                        return Ok(flag.default_resolution(Reason::Default));
-                    }
-                    self.assign(li, layer, ctx)
+        if !flag.enabled {
+            return Ok(flag.default_resolution(Reason::Disabled));
+        }
+        let mut hit = None;
+        if let Some(layer) = flag.layer.and_then(|li| self.layers.get(li as usize)) {
+            let unit = self
+                .unit_key(layer.unit)
+                .map_or(Err(UnitError::Missing), |k| ctx.unit(k));
+            if let Ok(unit) = unit {
+                if layer.holdouts.iter().any(|&h| {
+                    self.holdouts
+                        .get(h as usize)
+                        .is_some_and(|h| h.contains_unit(self.unit_of(h.unit, ctx)))
+                }) {
+                    return Ok(flag.default_resolution(Reason::Default));
                 }
-                None => None,
-            },
-            _ => None,
-        };
-        Ok(self.finish(flag, hit, ctx))
+                hit = self.assign(flag.layer.unwrap_or_default(), layer, unit, ctx);
+            }
+        }
+        Ok(self.finish(flag, hit, ctx, |u| self.unit_of(u, ctx)))
     }
 
     /// Every flag's value for the context, in config order.
@@ -297,6 +333,7 @@ impl Snapshot {
     /// [`Snapshot::resolve_all`] into a reused buffer (cleared first).
     pub fn resolve_all_into<'s>(&'s self, ctx: &Context, out: &mut Vec<Resolution<'s>>) {
         out.clear();
+        let units = self.units(ctx);
         // Each layer that drives flags is evaluated once: (layer, held out, hit).
         let mut layers: SmallVec<[(u32, bool, Option<Hit>); INLINE]> = SmallVec::new();
         let mut held: SmallVec<[(u32, bool); 4]> = SmallVec::new();
@@ -304,34 +341,50 @@ impl Snapshot {
             let Some(layer) = self.layers.get(li as usize) else {
                 continue;
             };
+            let Some(Ok(unit)) = units.get(layer.unit as usize) else {
+                layers.push((li, false, None));
+                continue;
+            };
             let is_held = layer.holdouts.iter().any(|&h| {
                 if let Some(&(_, inside)) = held.iter().find(|(i, _)| *i == h) {
                     return inside;
                 }
-                let inside = self.holdout(h).is_some_and(|ho| ho.contains(ctx));
+                let inside = self
+                    .holdouts
+                    .get(h as usize)
+                    .is_some_and(|ho| ho.contains(&units));
                 held.push((h, inside));
                 inside
             });
             let hit = if is_held {
                 None
             } else {
-                self.assign(li, layer, ctx)
+                self.assign(li, layer, unit, ctx)
             };
             layers.push((li, is_held, hit));
         }
         for flag in self.flags.iter() {
+            if !flag.enabled {
+                out.push(flag.default_resolution(Reason::Disabled));
+                continue;
+            }
             let (is_held, hit) = match flag.layer {
-                Some(li) if flag.enabled => layers
+                Some(li) => layers
                     .binary_search_by_key(&li, |(l, _, _)| *l)
                     .ok()
                     .and_then(|i| layers.get(i))
                     .map_or((false, None), |&(_, is_held, hit)| (is_held, hit)),
-                _ => (false, None),
+                None => (false, None),
             };
             out.push(if is_held {
                 flag.default_resolution(Reason::Default)
             } else {
-                self.finish(flag, hit, ctx)
+                self.finish(flag, hit, ctx, |u| {
+                    units
+                        .get(u as usize)
+                        .copied()
+                        .unwrap_or(Err(UnitError::Missing))
+                })
             });
         }
     }
@@ -342,65 +395,91 @@ impl Snapshot {
             .and_then(|&i| self.flags.get(i as usize))
     }
 
-    fn holdout(&self, i: u32) -> Option<&Holdout> {
-        self.holdouts.get(i as usize)
+    fn unit_key(&self, i: u32) -> Option<&str> {
+        self.unit_keys.get(i as usize).map(|k| &**k)
+    }
+
+    /// The value of unit key `i` in `ctx`.
+    #[inline]
+    fn unit_of<'c>(&self, i: u32, ctx: &'c Context) -> Result<&'c str, UnitError> {
+        self.unit_key(i)
+            .map_or(Err(UnitError::Missing), |k| ctx.unit(k))
+    }
+
+    /// Every unit key's value, read once.
+    #[inline]
+    fn units<'c>(&self, ctx: &'c Context) -> Units<'c> {
+        self.unit_keys.iter().map(|k| ctx.unit(k)).collect()
     }
 
     /// The unit's experiment and cell in one layer, holdouts aside.
     #[inline]
-    fn assign(&self, li: u32, layer: &Layer, ctx: &Context) -> Option<Hit> {
-        let unit = ctx.unit(&layer.unit).ok()?;
+    fn assign(&self, li: u32, layer: &Layer, unit: &str, ctx: &Context) -> Option<Hit> {
         let bucket = scale(hash(layer.seed, unit), u64::from(layer.buckets)) as u32;
+        let first = layer.first as usize;
+        let bounds = self.bounds.get(first..first + layer.len as usize)?;
         // The last range starting at or before the bucket is the only one that can hold it.
-        let idx = layer
-            .owners
-            .partition_point(|o| o.start <= bucket)
+        let idx = bounds
+            .partition_point(|&(start, _)| start <= bucket)
             .checked_sub(1)?;
-        let owner = layer.owners.get(idx).filter(|o| bucket < o.end)?;
-        let exp = self.experiments.get(owner.experiment as usize)?;
-        if !exp.when.eval(ctx) {
+        let &(_, end) = bounds.get(idx)?;
+        if bucket >= end {
             return None;
         }
-        let p = scale(hash(exp.seed, unit), exp.total);
-        let cell = exp.cells.iter().position(|c| p < c.end)? as u32;
+        let owner_idx = first + idx;
+        let owner = self.owners.get(owner_idx)?;
+        if owner.conditional
+            && !self
+                .experiments
+                .get(owner.experiment as usize)
+                .is_some_and(|e| e.when.eval(ctx))
+        {
+            return None;
+        }
+        let p = scale(hash(owner.seed, unit), owner.total);
+        let first_cell = owner.first_cell as usize;
+        let cells = self
+            .cells
+            .get(first_cell..first_cell + owner.cell_count as usize)?;
+        let cell = first_cell + cells.iter().position(|c| p < c.end)?;
         Some(Hit {
             layer: li,
-            experiment: owner.experiment,
-            cell,
+            owner: owner_idx as u32,
+            cell: cell as u32,
             bucket,
         })
     }
 
     fn named(&self, hit: Hit) -> Assignment<'_> {
-        let layer = self.layers.get(hit.layer as usize).map_or("", |l| &*l.id);
-        let exp = self.experiments.get(hit.experiment as usize);
-        let cell = exp
-            .and_then(|e| e.cells.get(hit.cell as usize))
-            .map_or("", |c| &*c.id);
         Assignment {
-            layer,
-            experiment: exp.map_or("", |e| &*e.id),
-            cell,
+            layer: self.layers.get(hit.layer as usize).map_or("", |l| &*l.id),
+            experiment: self
+                .owners
+                .get(hit.owner as usize)
+                .map_or("", |o| &*o.experiment_id),
+            cell: self.cells.get(hit.cell as usize).map_or("", |c| &*c.id),
             bucket: hit.bucket,
         }
     }
 
-    /// Experiments first, then rules in order, then the default.
-    fn finish<'s>(&'s self, flag: &'s Flag, hit: Option<Hit>, ctx: &Context) -> Resolution<'s> {
-        if !flag.enabled {
-            return flag.default_resolution(Reason::Disabled);
-        }
-        if let Some(hit) = hit {
-            let variant = self
-                .experiments
-                .get(hit.experiment as usize)
-                .and_then(|e| e.cells.get(hit.cell as usize))
-                .and_then(|c| c.variant_of(flag.index));
-            if let Some(v) = variant {
-                let mut r = flag.resolution(v, Reason::Split);
-                r.assignment = Some(self.named(hit));
-                return r;
-            }
+    /// Experiments first, then rules in order, then the default. The caller has handled
+    /// disabled flags and holdouts; `unit` reads a unit key's value.
+    fn finish<'s, 'c>(
+        &'s self,
+        flag: &'s Flag,
+        hit: Option<Hit>,
+        ctx: &Context,
+        unit: impl Fn(u32) -> Result<&'c str, UnitError>,
+    ) -> Resolution<'s> {
+        if let Some(hit) = hit
+            && let Some(v) = self
+                .cells
+                .get(hit.cell as usize)
+                .and_then(|c| c.variant_of(flag.index))
+        {
+            let mut r = flag.resolution(v, Reason::Split);
+            r.assignment = Some(self.named(hit));
+            return r;
         }
         for rule in flag.rules.iter() {
             if !rule.when.eval(ctx) {
@@ -410,10 +489,10 @@ impl Snapshot {
                 Action::Variant(v) => flag.resolution(*v, Reason::TargetingMatch),
                 Action::Rollout {
                     seed,
-                    unit,
+                    unit: key,
                     total,
                     split,
-                } => match ctx.unit(unit) {
+                } => match unit(*key) {
                     Ok(unit) => {
                         let p = scale(hash(*seed, unit), *total);
                         match split.iter().find(|(end, _)| p < *end) {
@@ -445,10 +524,18 @@ impl Snapshot {
 
 impl Holdout {
     #[inline]
-    fn contains(&self, ctx: &Context) -> bool {
-        let Ok(unit) = ctx.unit(&self.unit) else {
-            return false;
-        };
+    fn contains(&self, units: &Units<'_>) -> bool {
+        self.contains_unit(
+            units
+                .get(self.unit as usize)
+                .copied()
+                .unwrap_or(Err(UnitError::Missing)),
+        )
+    }
+
+    #[inline]
+    fn contains_unit(&self, unit: Result<&str, UnitError>) -> bool {
+        let Ok(unit) = unit else { return false };
         let b = scale(hash(self.seed, unit), u64::from(self.buckets)) as u32;
         self.ranges.iter().any(|&(s, e)| s <= b && b < e)
     }

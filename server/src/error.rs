@@ -4,6 +4,8 @@
 //! never a 500. Internals go to logs, not to response bodies.
 
 use allot::ConfigErrors;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 /// Everything a request can fail with.
@@ -51,6 +53,20 @@ pub enum ApiError {
     /// Valid-looking credentials that do not grant this operation.
     #[error("token does not grant this operation")]
     Forbidden,
+    /// Admin writes are refused because no admin token is configured.
+    #[error(
+        "admin writes are disabled: start the server with --admin-token or ALLOT_ADMIN_TOKEN to enable them"
+    )]
+    AdminDisabled,
+    /// The request body is larger than the endpoint accepts.
+    #[error("request body exceeds the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The request body has a content type the endpoint does not read.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// A server-side failure (I/O); the message is logged, not sent.
     #[error("internal error")]
     Internal(String),
@@ -81,7 +97,29 @@ impl ApiError {
             ApiError::RevisionMismatch { .. } => "REVISION_MISMATCH",
             ApiError::Unauthorized => "UNAUTHORIZED",
             ApiError::Forbidden => "FORBIDDEN",
+            ApiError::AdminDisabled => "ADMIN_DISABLED",
+            ApiError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            ApiError::UnsupportedMediaType(_) => "UNSUPPORTED_MEDIA_TYPE",
             ApiError::Internal(_) => "INTERNAL",
+        }
+    }
+
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Parse(_)
+            | ApiError::InvalidContext(_)
+            | ApiError::UnitMissing(_)
+            | ApiError::TypeMismatch { .. } => StatusCode::BAD_REQUEST,
+            ApiError::FlagNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Config(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::RevisionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden | ApiError::AdminDisabled => StatusCode::FORBIDDEN,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -120,9 +158,51 @@ impl From<ApiError> for tonic::Status {
             ApiError::FlagNotFound(_) => Code::NotFound,
             ApiError::RevisionMismatch { .. } => Code::FailedPrecondition,
             ApiError::Unauthorized => Code::Unauthenticated,
-            ApiError::Forbidden => Code::PermissionDenied,
+            ApiError::Forbidden | ApiError::AdminDisabled => Code::PermissionDenied,
+            ApiError::PayloadTooLarge { .. } => Code::ResourceExhausted,
+            ApiError::UnsupportedMediaType(_) => Code::InvalidArgument,
             ApiError::Internal(_) => Code::Internal,
         };
         tonic::Status::new(code, e.to_string())
+    }
+}
+
+/// The JSON error body: `{"code", "message"[, "errors"]}`.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    /// [`ApiError::code`].
+    pub code: &'static str,
+    /// A message naming the problem.
+    pub message: String,
+    /// Every config error with its path (only for `INVALID_CONFIG`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<ConfigErrorBody>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!(%detail, "internal error");
+        }
+        let body = ErrorBody {
+            code: self.code(),
+            message: match &self {
+                // The display form lists the errors on extra lines; the body has them as a list.
+                ApiError::Config(errs) => format!(
+                    "config rejected ({} error{})",
+                    errs.errors().len(),
+                    if errs.errors().len() == 1 { "" } else { "s" }
+                ),
+                other => other.to_string(),
+            },
+            errors: self.config_errors(),
+        };
+        let mut res = (status, axum::Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        res
     }
 }

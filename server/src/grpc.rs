@@ -1,1 +1,450 @@
-//! gRPC transport (tonic): `allot.v1.Allocator`, health, reflection. Maps messages to [`crate::service::Service`] calls.
+//! gRPC transport (tonic) on the evaluation port: `allot.v1.Allocator`, `grpc.health.v1` and
+//! server reflection.
+//!
+//! This module only maps messages and metadata to [`Service`] calls and the views it returns
+//! back to messages; it holds no allocation logic. Errors reach clients through
+//! `From<ApiError> for tonic::Status`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use allot::{Context, Resolution, Snapshot};
+use allot_proto::allot::v1 as pb;
+use allot_proto::allot::v1::allocator_server::{Allocator, AllocatorServer};
+use allot_proto::convert::{json_to_prost_value, struct_to_json_map};
+use anyhow::Context as _;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+use tonic_health::ServingStatus;
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+use tonic_health::server::{HealthReporter, HealthService};
+
+use crate::metrics::Transport;
+use crate::service::{AllocateView, RequestMeta, Service};
+
+/// The metadata key of the W3C Baggage header.
+pub const BAGGAGE: &str = "baggage";
+
+/// The gRPC metadata key of the W3C Trace Context header.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// Request metadata of `WatchConfig`: the content hash (16 lower-case hex digits) of the
+/// config the caller holds. With it, the initial send is skipped only when both the revision
+/// and the content match, so a caller is never left on a different config that happens to
+/// carry the same revision number (an upstream restarted without its state).
+pub const KNOWN_CONTENT_HASH: &str = "allot-known-content-hash";
+
+/// Largest `allot.v1.Allocator` request accepted: 1 MiB, as on HTTP. Larger ones fail with
+/// `OUT_OF_RANGE` before any decoding.
+pub const MAX_MESSAGE: usize = 1 << 20;
+
+/// How long a shutdown waits for in-flight calls and streams before `serve` returns anyway
+/// (a client can hold a bidirectional reflection stream open indefinitely).
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The `allot.v1.Allocator` implementation: a thin mapping onto [`Service`].
+#[derive(Debug, Clone)]
+pub struct AllocatorService {
+    service: Service,
+    /// Flips to `true` on server shutdown so that `WatchConfig` streams end and the graceful
+    /// shutdown is not held open by them.
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Serves `allot.v1.Allocator`, `grpc.health.v1.Health` and reflection (v1 and v1alpha) on
+/// `listener` (with `TCP_NODELAY`) until `shutdown` completes, then stops accepting and drains
+/// in-flight calls for at most [`DRAIN_TIMEOUT`].
+///
+/// Health reports `NOT_SERVING` for the server (`""`) and `allot.v1.Allocator` until the
+/// service's store holds a config, `SERVING` from then on, and `NOT_SERVING` again once
+/// shutdown has begun. Open `WatchConfig` and health `Watch` streams end cleanly on shutdown,
+/// so they do not hold the drain open.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    service: Service,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let (reporter, _) = tonic_health::server::health_reporter();
+    set_health(&reporter, ServingStatus::NotServing).await;
+    let health = HealthServer::new(DrainingHealth {
+        inner: HealthService::from_health_reporter(reporter.clone()),
+        shutdown: stop_rx.clone(),
+    });
+    let readiness = tokio::spawn(report_readiness(
+        reporter.clone(),
+        service.clone(),
+        stop_rx.clone(),
+    ));
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(allot_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the gRPC reflection service (v1)")?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(allot_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .context("building the gRPC reflection service (v1alpha)")?;
+
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let mut draining = stop_rx.clone();
+    let signal = async move {
+        shutdown.await;
+        // Health first, so watchers see NOT_SERVING before their streams end.
+        set_health(&reporter, ServingStatus::NotServing).await;
+        let _ = stop_tx.send(true);
+    };
+    let server = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(allocator_server(service, stop_rx))
+        .serve_with_incoming_shutdown(incoming, signal);
+    let deadline = async move {
+        stopped(&mut draining).await;
+        tokio::time::sleep(DRAIN_TIMEOUT).await;
+    };
+    let result = tokio::select! {
+        result = server => result.context("serving gRPC"),
+        () = deadline => {
+            tracing::warn!(timeout = ?DRAIN_TIMEOUT, "gRPC drain timed out; closing remaining connections");
+            Ok(())
+        }
+    };
+    readiness.abort();
+    result
+}
+
+/// The `allot.v1.Allocator` service over `service`, for callers that assemble their own tonic
+/// server. `shutdown` flipping to `true` ends open `WatchConfig` streams.
+pub fn allocator_server(
+    service: Service,
+    shutdown: watch::Receiver<bool>,
+) -> AllocatorServer<AllocatorService> {
+    AllocatorServer::new(AllocatorService::new(service, shutdown))
+        .max_decoding_message_size(MAX_MESSAGE)
+}
+
+/// Every `baggage` value of the request metadata, in order. Values that are not visible
+/// ASCII are skipped (W3C Baggage is ASCII-only).
+pub fn incoming_baggage(metadata: &MetadataMap) -> Vec<&str> {
+    metadata
+        .get_all(BAGGAGE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect()
+}
+
+/// Sets the response's `baggage` metadata to `header` (the merged header from
+/// [`allot::stamp::merge`], which only emits baggage-safe ASCII).
+pub fn set_baggage(metadata: &mut MetadataMap, header: &str) {
+    match MetadataValue::try_from(header) {
+        Ok(value) => {
+            metadata.insert(BAGGAGE, value);
+        }
+        Err(_) => tracing::warn!(header, "merged baggage is not valid metadata; not sent"),
+    }
+}
+
+/// The `ConfigUpdate` message announcing `snapshot`.
+pub fn config_update(snapshot: &Snapshot) -> pb::ConfigUpdate {
+    pb::ConfigUpdate {
+        revision: snapshot.revision(),
+        content_hash: format!("{:016x}", snapshot.content_hash()),
+        config_json: snapshot.config().to_canonical_json(),
+    }
+}
+
+// === impl AllocatorService ===
+
+impl AllocatorService {
+    /// The service; `shutdown` flipping to `true` ends open `WatchConfig` streams.
+    pub fn new(service: Service, shutdown: watch::Receiver<bool>) -> Self {
+        Self { service, shutdown }
+    }
+
+    /// Runs one evaluation: decodes the context, baggage and trace context, calls the service,
+    /// and hands the view to `f`; the merged baggage header goes into the response metadata.
+    /// Counts the call as `method` when the service has metrics.
+    fn evaluate<T>(
+        &self,
+        method: &'static str,
+        metadata: &MetadataMap,
+        context: Option<prost_types::Struct>,
+        keys: &[String],
+        f: impl FnOnce(&AllocateView<'_>) -> T,
+    ) -> Result<Response<T>, Status> {
+        let start = Instant::now();
+        // A missing context is an empty one: the service then names the missing unit.
+        let ctx = Context::from(context.as_ref().map(struct_to_json_map).unwrap_or_default());
+        let incoming = incoming_baggage(metadata);
+        let traceparent = metadata.get(TRACEPARENT).and_then(|v| v.to_str().ok());
+        let result = self.service.allocate_with(
+            &ctx,
+            keys,
+            &incoming,
+            RequestMeta::grpc(traceparent),
+            |view| (f(view), view.baggage.clone()),
+        );
+        let result = result.map_err(Status::from).map(|(message, baggage)| {
+            let mut response = Response::new(message);
+            set_baggage(response.metadata_mut(), &baggage);
+            response
+        });
+        if let Some(metrics) = self.service.metrics() {
+            let code = result
+                .as_ref()
+                .map_or_else(Status::code, |_| tonic::Code::Ok);
+            metrics.observe_request(Transport::Grpc, method, code as u16, start.elapsed());
+        }
+        result
+    }
+}
+
+#[tonic::async_trait]
+impl Allocator for AllocatorService {
+    async fn allocate(
+        &self,
+        request: Request<pb::AllocateRequest>,
+    ) -> Result<Response<pb::AllocateResponse>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        self.evaluate("Allocate", &metadata, message.context, &[], |view| {
+            pb::AllocateResponse {
+                revision: view.snapshot.revision(),
+                allocations: view
+                    .allocation
+                    .assignments()
+                    .iter()
+                    .map(|a| pb::Allocation {
+                        layer: a.layer.to_owned(),
+                        experiment: a.experiment.to_owned(),
+                        cell: a.cell.to_owned(),
+                        bucket: a.bucket,
+                    })
+                    .collect(),
+                holdouts: view
+                    .allocation
+                    .holdouts()
+                    .iter()
+                    .map(|h| (*h).to_owned())
+                    .collect(),
+                flags: flag_map(&view.flags),
+                baggage: view.member(),
+            }
+        })
+    }
+
+    async fn resolve_flags(
+        &self,
+        request: Request<pb::ResolveFlagsRequest>,
+    ) -> Result<Response<pb::ResolveFlagsResponse>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        self.evaluate(
+            "ResolveFlags",
+            &metadata,
+            message.context,
+            &message.flag_keys,
+            |view| pb::ResolveFlagsResponse {
+                revision: view.snapshot.revision(),
+                flags: flag_map(&view.flags),
+                baggage: view.member(),
+            },
+        )
+    }
+
+    type WatchConfigStream = ReceiverStream<Result<pb::ConfigUpdate, Status>>;
+
+    async fn watch_config(
+        &self,
+        request: Request<pb::WatchConfigRequest>,
+    ) -> Result<Response<Self::WatchConfigStream>, Status> {
+        let known = Known {
+            revision: request.get_ref().known_revision,
+            content_hash: request
+                .metadata()
+                .get(KNOWN_CONTENT_HASH)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        };
+        let updates = self.service.store().subscribe();
+        // Small: the watch channel coalesces, so a slow reader only ever misses superseded
+        // configs, never the latest one.
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(stream_updates(updates, known, tx, self.shutdown.clone()));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Feeds one `WatchConfig` stream: the current config (unless the caller holds its revision),
+/// then every accepted config, until the client goes away or the server shuts down.
+async fn stream_updates(
+    mut updates: watch::Receiver<Option<Arc<Snapshot>>>,
+    known: Known,
+    tx: mpsc::Sender<Result<pb::ConfigUpdate, Status>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut initial = true;
+    loop {
+        let current = updates.borrow_and_update().clone();
+        if let Some(snapshot) = current {
+            let update = config_update(&snapshot);
+            if !(initial && known.matches(&update)) {
+                tokio::select! {
+                    sent = tx.send(Ok(update)) => if sent.is_err() { return },
+                    () = stopped(&mut shutdown) => return,
+                }
+            }
+        }
+        initial = false;
+        tokio::select! {
+            changed = updates.changed() => if changed.is_err() { return },
+            () = tx.closed() => return,
+            () = stopped(&mut shutdown) => return,
+        }
+    }
+}
+
+/// `grpc.health.v1.Health` whose `Watch` streams end on server shutdown (tonic-health's own
+/// never end, which would hold a graceful shutdown open).
+struct DrainingHealth {
+    inner: HealthService,
+    shutdown: watch::Receiver<bool>,
+}
+
+#[tonic::async_trait]
+impl Health for DrainingHealth {
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        self.inner.check(request).await
+    }
+
+    type WatchStream = ReceiverStream<Result<HealthCheckResponse, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let stream = self.inner.watch(request).await?.into_inner();
+        Ok(Response::new(until_shutdown(stream, self.shutdown.clone())))
+    }
+}
+
+/// Forwards `stream` until it ends, the client goes away, or the server shuts down.
+fn until_shutdown<S>(stream: S, mut shutdown: watch::Receiver<bool>) -> ReceiverStream<S::Item>
+where
+    S: Stream + Send + 'static,
+    S::Item: Send,
+{
+    let (tx, rx) = mpsc::channel(2);
+    tokio::spawn(async move {
+        tokio::pin!(stream);
+        loop {
+            tokio::select! {
+                // Items already produced (NOT_SERVING on shutdown) go out before the stream ends.
+                biased;
+                item = stream.next() => match item {
+                    Some(item) => if tx.send(item).await.is_err() { return },
+                    None => return,
+                },
+                () = tx.closed() => return,
+                () = stopped(&mut shutdown) => return,
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// What a `WatchConfig` caller says it holds.
+struct Known {
+    revision: u64,
+    content_hash: Option<String>,
+}
+
+impl Known {
+    /// Whether the caller already holds `update` (no hash given: the revision decides).
+    fn matches(&self, update: &pb::ConfigUpdate) -> bool {
+        self.revision == update.revision
+            && self
+                .content_hash
+                .as_deref()
+                .is_none_or(|h| h == update.content_hash)
+    }
+}
+
+/// Completes once `shutdown` is `true`, or its sender is gone.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Reports `SERVING` once the store holds a config (it never becomes empty again).
+async fn report_readiness(
+    reporter: HealthReporter,
+    service: Service,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut updates = service.store().subscribe();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        if updates.borrow_and_update().is_some() {
+            set_health(&reporter, ServingStatus::Serving).await;
+            return;
+        }
+        tokio::select! {
+            changed = updates.changed() => if changed.is_err() { return },
+            () = stopped(&mut shutdown) => return,
+        }
+    }
+}
+
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    reporter
+        .set_service_status(
+            <AllocatorServer<AllocatorService> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+}
+
+fn flag_map(flags: &[Resolution<'_>]) -> std::collections::HashMap<String, pb::FlagResolution> {
+    flags
+        .iter()
+        .map(|r| (r.key.to_owned(), flag_resolution(r)))
+        .collect()
+}
+
+/// One flag as on HTTP: the value is always the served one (the default variant's on error).
+fn flag_resolution(r: &Resolution<'_>) -> pb::FlagResolution {
+    let (experiment, cell, layer) = r.assignment.map_or_else(Default::default, |a| {
+        (
+            a.experiment.to_owned(),
+            a.cell.to_owned(),
+            a.layer.to_owned(),
+        )
+    });
+    pb::FlagResolution {
+        value: Some(json_to_prost_value(r.value)),
+        variant: r.variant.to_owned(),
+        reason: r.reason.as_str().to_owned(),
+        experiment,
+        cell,
+        layer,
+        error_code: match (r.reason, r.error) {
+            (allot::Reason::Error, Some(code)) => code.as_str().to_owned(),
+            _ => String::new(),
+        },
+    }
+}

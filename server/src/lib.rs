@@ -4,9 +4,16 @@
 //! stamping. One [`service::Service`] holds the logic; transports only map requests,
 //! responses and errors. See ARCHITECTURE.md for the request and reload paths.
 
+pub mod admin;
+pub mod app;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod log;
+pub mod metrics;
 pub mod service;
+pub mod settings;
+pub mod source;
 pub mod state;
+pub mod trace;
 pub mod upstream;

@@ -11,7 +11,10 @@ use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
 
 use crate::error::ApiError;
+use crate::log::AssignmentLog;
+use crate::metrics::{Metrics, Transport};
 use crate::state::ConfigStore;
+use crate::trace::{ServerSpan, TraceParent};
 
 /// Request limits enforced before evaluation.
 #[derive(Debug, Clone, Copy)]
@@ -36,6 +39,17 @@ impl Default for Limits {
 pub struct Service {
     store: Arc<ConfigStore>,
     limits: Limits,
+    metrics: Option<Arc<Metrics>>,
+    log: Option<Arc<AssignmentLog>>,
+}
+
+/// What a transport knows about a request besides its payload.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestMeta<'a> {
+    /// The caller's W3C `traceparent` header/metadata value, if any (invalid ones are ignored).
+    pub traceparent: Option<&'a str>,
+    /// The transport that received the request (the assignment log's `source`).
+    pub transport: Transport,
 }
 
 /// What one allocation produced, borrowed from the snapshot it was computed on.
@@ -58,7 +72,29 @@ pub struct AllocateView<'s> {
 impl Service {
     /// A service over `store`.
     pub fn new(store: Arc<ConfigStore>, limits: Limits) -> Self {
-        Self { store, limits }
+        Self {
+            store,
+            limits,
+            metrics: None,
+            log: None,
+        }
+    }
+
+    /// Counts allocations per experiment cell in `metrics` (and lets transports count requests).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Writes first-seen assignments to `log`.
+    pub fn with_assignment_log(mut self, log: Arc<AssignmentLog>) -> Self {
+        self.log = Some(log);
+        self
+    }
+
+    /// The metrics, if this service counts.
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.metrics.as_ref()
     }
 
     /// The config store.
@@ -73,6 +109,9 @@ impl Service {
 
     /// Allocates the context in every layer and resolves every flag (or only `keys` if not
     /// empty), then hands the view to `f` while the snapshot is held.
+    ///
+    /// Same as [`Service::allocate_with`] with [`RequestMeta::grpc`]`(None)`: no trace context,
+    /// logged with source `grpc`.
     pub fn allocate<R>(
         &self,
         ctx: &Context,
@@ -80,10 +119,35 @@ impl Service {
         incoming_baggage: &[&str],
         f: impl FnOnce(&AllocateView<'_>) -> R,
     ) -> Result<R, ApiError> {
+        self.allocate_with(ctx, keys, incoming_baggage, RequestMeta::grpc(None), f)
+    }
+
+    /// [`Service::allocate`] with the request's trace context and transport, which the
+    /// assignment log records.
+    pub fn allocate_with<R>(
+        &self,
+        ctx: &Context,
+        keys: &[String],
+        incoming_baggage: &[&str],
+        meta: RequestMeta<'_>,
+        f: impl FnOnce(&AllocateView<'_>) -> R,
+    ) -> Result<R, ApiError> {
         let guard = self.store.load();
         let snapshot: &Snapshot = guard.as_ref().ok_or(ApiError::NotReady)?;
         self.check_context(snapshot, ctx)?;
+        let parent = meta.traceparent.and_then(TraceParent::parse);
+        let span = parent.as_ref().map(ServerSpan::start);
         let allocation = snapshot.allocate(ctx);
+        if let Some(m) = &self.metrics {
+            m.count_allocation(snapshot, &allocation);
+        }
+        if let Some(log) = &self.log {
+            let trace = match (&span, &parent) {
+                (Some(span), Some(parent)) => Some(span.ids(parent)),
+                _ => None,
+            };
+            log.observe(snapshot, &allocation, ctx, trace.as_ref(), meta.transport);
+        }
         let flags = if keys.is_empty() {
             snapshot.resolve_all(ctx)
         } else {
@@ -97,13 +161,18 @@ impl Service {
         };
         let stamp = stamp::stamp(snapshot.revision(), &allocation, self.limits.stamp_budget);
         let baggage = stamp::merge(&stamp, incoming_baggage.iter().copied());
-        Ok(f(&AllocateView {
+        let view = AllocateView {
             snapshot,
             allocation,
             flags,
             stamp,
             baggage,
-        }))
+        };
+        let out = f(&view);
+        if let Some(span) = span {
+            span.finish(snapshot.revision(), view.allocation.assignments().len());
+        }
+        Ok(out)
     }
 
     /// Rejects contexts the engine would silently give nothing: too many keys, no unit at
@@ -134,6 +203,26 @@ impl Service {
             return Err(ApiError::UnitMissing(keys.join(" or ")));
         }
         Ok(())
+    }
+}
+
+// === impl RequestMeta ===
+
+impl<'a> RequestMeta<'a> {
+    /// A request received over HTTP.
+    pub fn http(traceparent: Option<&'a str>) -> Self {
+        Self {
+            traceparent,
+            transport: Transport::Http,
+        }
+    }
+
+    /// A request received over gRPC.
+    pub fn grpc(traceparent: Option<&'a str>) -> Self {
+        Self {
+            traceparent,
+            transport: Transport::Grpc,
+        }
     }
 }
 

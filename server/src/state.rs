@@ -5,7 +5,7 @@
 //! Invariant: a rejected config never replaces the serving one. Revisions only increase on this
 //! server (a follower adopts its upstream's numbers so stamps agree across replicas).
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use allot::{Config, ConfigErrors, Snapshot};
 use arc_swap::{ArcSwapOption, Guard};
@@ -57,7 +57,13 @@ pub struct ConfigStore {
     updates: watch::Sender<Option<Arc<Snapshot>>>,
     /// Serialises writers so revision n+1 is always compiled after revision n.
     write: Mutex<()>,
+    /// Called with every newly accepted snapshot, under the write lock (so in revision
+    /// order): persistence to `--state-dir`.
+    on_accept: OnceLock<AcceptHook>,
 }
+
+/// A callback run on every accepted snapshot (see [`ConfigStore::set_on_accept`]).
+pub type AcceptHook = Box<dyn Fn(&Snapshot) + Send + Sync>;
 
 // === impl ConfigStore ===
 
@@ -69,7 +75,18 @@ impl ConfigStore {
             current: ArcSwapOption::empty(),
             updates,
             write: Mutex::new(()),
+            on_accept: OnceLock::new(),
         }
+    }
+
+    /// Installs the hook run on every snapshot accepted from now on, from any source, before
+    /// it starts serving. Only the first call takes effect; returns whether this one did.
+    ///
+    /// The hook runs on the applying thread while writers are serialised, so it sees
+    /// revisions in order; it may block briefly (an fsync), which is why `apply` belongs in
+    /// `spawn_blocking`. It cannot veto a config: a failure is the hook's to log and count.
+    pub fn set_on_accept(&self, hook: AcceptHook) -> bool {
+        self.on_accept.set(hook).is_ok()
     }
 
     /// The serving snapshot. Call once per request and use the guard for the whole request.
@@ -131,6 +148,9 @@ impl ConfigStore {
         }
         let next = revision.unwrap_or_else(|| current_rev.map_or(1, |r| r + 1));
         let snapshot = Arc::new(allot::compile(config, next)?);
+        if let Some(hook) = self.on_accept.get() {
+            hook(&snapshot);
+        }
         self.current.store(Some(snapshot.clone()));
         self.updates.send_replace(Some(snapshot.clone()));
         Ok(Applied::Swapped(snapshot))

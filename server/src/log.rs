@@ -1,0 +1,281 @@
+//! The assignment log (DESIGN §7): one JSON line per unit the first time it is seen in an
+//! experiment cell under a revision, written off the request path.
+//!
+//! The request path ([`AssignmentLog::observe`]) only hashes, checks a `moka` TTL cache and
+//! `try_send`s on a bounded queue; a full queue drops the line and counts it. A dedicated
+//! writer thread owns the file (or stdout), batches lines in a `BufWriter`, and flushes whenever
+//! the queue runs dry and at least every 100 ms under load. It must never block a request.
+
+use std::fs::OpenOptions;
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use allot::{Allocation, Context, Snapshot, TARGETING_KEY};
+use moka::sync::Cache;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::metrics::{Metrics, Transport};
+use crate::trace::TraceParent;
+
+/// Longest time a written line may sit in the buffer while lines keep arriving.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Where the log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Standard output (`-`).
+    Stdout,
+    /// A file, appended to.
+    File(PathBuf),
+}
+
+/// Assignment log tuning.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where lines go.
+    pub target: Target,
+    /// How long a (unit, experiment, cell, revision) is remembered as logged.
+    pub ttl: Duration,
+    /// Most entries remembered (older ones are evicted and may be logged again).
+    pub capacity: u64,
+    /// Lines that may wait for the writer before new ones are dropped.
+    pub queue: usize,
+}
+
+/// The request-side handle: dedup cache and queue sender. Shared by every transport.
+pub struct AssignmentLog {
+    seen: Cache<u128, ()>,
+    tx: mpsc::Sender<Msg>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// The writer thread's handle; [`Writer::close`] flushes and stops it.
+#[derive(Debug)]
+pub struct Writer {
+    tx: mpsc::Sender<Msg>,
+    done: oneshot::Receiver<io::Result<()>>,
+}
+
+enum Msg {
+    Line(Record),
+    Close,
+}
+
+/// One line of the log.
+#[derive(Debug, Serialize)]
+struct Record {
+    #[serde(serialize_with = "rfc3339")]
+    ts: SystemTime,
+    trace_id: Option<String>,
+    span_id: Option<String>,
+    revision: u64,
+    unit_key: String,
+    unit: String,
+    allocations: Vec<Entry>,
+    source: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct Entry {
+    layer: String,
+    experiment: String,
+    cell: String,
+    bucket: u32,
+}
+
+/// Opens the log target and starts the writer thread.
+pub fn open(
+    options: &Options,
+    metrics: Option<Arc<Metrics>>,
+) -> io::Result<(Arc<AssignmentLog>, Writer)> {
+    let out: Box<dyn Write + Send> = match &options.target {
+        Target::Stdout => Box::new(io::stdout()),
+        Target::File(path) => Box::new(OpenOptions::new().create(true).append(true).open(path)?),
+    };
+    let (tx, rx) = mpsc::channel(options.queue.max(1));
+    let (done_tx, done) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("allot-assignment-log".into())
+        .spawn(move || {
+            let _ = done_tx.send(write_loop(rx, out));
+        })?;
+    let seen = Cache::builder()
+        .max_capacity(options.capacity)
+        .time_to_live(options.ttl)
+        .build();
+    Ok((
+        Arc::new(AssignmentLog {
+            seen,
+            tx: tx.clone(),
+            metrics,
+        }),
+        Writer { tx, done },
+    ))
+}
+
+// === impl AssignmentLog ===
+
+impl AssignmentLog {
+    /// Queues a line per unit attribute for the allocation if any of its (unit, experiment,
+    /// cell, revision) entries is new within the TTL. Never blocks.
+    pub fn observe(
+        &self,
+        snapshot: &Snapshot,
+        allocation: &Allocation<'_>,
+        ctx: &Context,
+        trace: Option<&TraceParent>,
+        transport: Transport,
+    ) {
+        let assignments = allocation.assignments();
+        if assignments.is_empty() {
+            return;
+        }
+        let layers = &snapshot.config().layers;
+        let unit_key = |layer: &str| {
+            layers
+                .iter()
+                .find(|l| l.id == layer)
+                .and_then(|l| l.unit.as_deref())
+                .unwrap_or(TARGETING_KEY)
+        };
+        let revision = snapshot.revision();
+        // One line per distinct unit attribute (usually one): layers may hash different units.
+        for (i, first) in assignments.iter().enumerate() {
+            let key = unit_key(first.layer);
+            if assignments
+                .get(..i)
+                .is_some_and(|before| before.iter().any(|a| unit_key(a.layer) == key))
+            {
+                continue;
+            }
+            let Ok(unit) = ctx.unit(key) else { continue };
+            let mine = || assignments.iter().filter(|a| unit_key(a.layer) == key);
+            let mut fresh: Vec<u128> = Vec::new();
+            for a in mine() {
+                let k = dedup_key(unit, a.experiment, a.cell, revision);
+                if self.seen.entry(k).or_insert(()).is_fresh() {
+                    fresh.push(k);
+                }
+            }
+            if fresh.is_empty() {
+                continue;
+            }
+            let record = Record {
+                ts: SystemTime::now(),
+                trace_id: trace.map(TraceParent::trace_id_hex),
+                span_id: trace.map(TraceParent::span_id_hex),
+                revision,
+                unit_key: key.to_owned(),
+                unit: unit.to_owned(),
+                allocations: mine()
+                    .map(|a| Entry {
+                        layer: a.layer.to_owned(),
+                        experiment: a.experiment.to_owned(),
+                        cell: a.cell.to_owned(),
+                        bucket: a.bucket,
+                    })
+                    .collect(),
+                source: match transport {
+                    Transport::Http => "http",
+                    Transport::Grpc => "grpc",
+                },
+            };
+            match self.tx.try_send(Msg::Line(record)) {
+                Ok(()) => {
+                    if let Some(m) = &self.metrics {
+                        m.log_line();
+                    }
+                }
+                Err(_) => {
+                    // Forget the entries so the unit is logged when the queue has room again.
+                    for k in &fresh {
+                        self.seen.invalidate(k);
+                    }
+                    if let Some(m) = &self.metrics {
+                        m.log_dropped();
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for AssignmentLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AssignmentLog")
+            .field("entries", &self.seen.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl Writer ===
+
+impl Writer {
+    /// Writes every line queued before this call, flushes, and stops the writer thread.
+    pub async fn close(self) -> io::Result<()> {
+        if self.tx.send(Msg::Close).await.is_err() {
+            // The thread already stopped (an earlier write error); report it below.
+        }
+        self.done
+            .await
+            .unwrap_or_else(|_| Err(io::Error::other("assignment log writer thread panicked")))
+    }
+}
+
+/// The writer thread: blocks on the queue, writes lines, flushes when idle or every 100 ms.
+fn write_loop(mut rx: mpsc::Receiver<Msg>, out: Box<dyn Write + Send>) -> io::Result<()> {
+    let mut out = BufWriter::with_capacity(64 * 1024, out);
+    let mut last_flush = Instant::now();
+    while let Some(msg) = rx.blocking_recv() {
+        let mut next = Some(msg);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Line(record) => {
+                    serde_json::to_writer(&mut out, &record)?;
+                    out.write_all(b"\n")?;
+                }
+                Msg::Close => return out.flush(),
+            }
+            if last_flush.elapsed() >= FLUSH_INTERVAL {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        out.flush()?;
+        last_flush = Instant::now();
+    }
+    // Every sender is gone.
+    out.flush()
+}
+
+/// A 128-bit digest of (unit, experiment, cell, revision): no allocation per lookup, and
+/// collisions (which would only skip a line) are out of reach at the cache's size.
+fn dedup_key(unit: &str, experiment: &str, cell: &str, revision: u64) -> u128 {
+    let mut h = Xxh3::new();
+    for part in [unit, experiment, cell] {
+        h.update(&(part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    h.update(&revision.to_le_bytes());
+    h.digest128()
+}
+
+fn rfc3339<S: serde::Serializer>(ts: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_micros(*ts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedup_key_separates_fields() {
+        assert_ne!(dedup_key("ab", "c", "d", 1), dedup_key("a", "bc", "d", 1));
+        assert_ne!(dedup_key("a", "b", "c", 1), dedup_key("a", "b", "c", 2));
+        assert_eq!(dedup_key("a", "b", "c", 1), dedup_key("a", "b", "c", 1));
+    }
+}

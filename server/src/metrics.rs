@@ -1,0 +1,334 @@
+//! Prometheus metrics (`/metrics` on the management port), in the OpenMetrics text format.
+//!
+//! Owns the registry and every metric family. The request path only touches pre-resolved
+//! handles or label sets made of `&'static str` and integers, so counting allocates nothing:
+//! per-experiment counters are resolved once per config revision into [`AllocTable`].
+//! Must not hold a lock across a request or format strings per request.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use allot::{Allocation, Snapshot};
+use arc_swap::ArcSwapOption;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::state::{ConfigStore, Source};
+
+/// The `Content-Type` of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Which transport served a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// HTTP (axum), evaluation or management port.
+    Http,
+    /// gRPC (tonic).
+    Grpc,
+}
+
+/// Labels of the request counter and latency histogram.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    transport: &'static str,
+    endpoint: &'static str,
+    /// The HTTP status, or the numeric gRPC code.
+    status: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AllocLabels {
+    experiment: String,
+    cell: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReloadLabels {
+    source: &'static str,
+    result: &'static str,
+}
+
+type HistogramFamily = Family<RequestLabels, Histogram, fn() -> Histogram>;
+
+/// Every metric the server exports. Cheap to share (`Arc`).
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: HistogramFamily,
+    allocations: Family<AllocLabels, Counter>,
+    reloads: Family<ReloadLabels, Counter>,
+    revision: Gauge,
+    log_lines: Counter,
+    log_dropped: Counter,
+    persist_failures: Counter,
+    table: ArcSwapOption<AllocTable>,
+}
+
+/// Allocation counters of one config revision, resolved once: experiment → [(cell, counter)].
+struct AllocTable {
+    revision: u64,
+    content_hash: u64,
+    experiments: HashMap<Box<str>, Vec<(Box<str>, Counter)>>,
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    /// A fresh registry with every family registered.
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("allot");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests served, by transport, endpoint and status",
+            requests.clone(),
+        );
+        let latency: HistogramFamily = Family::new_with_constructor(|| {
+            // 10 µs .. ~2.4 s.
+            Histogram::new(exponential_buckets(0.000_01, 3.0, 12))
+        });
+        registry.register(
+            "request_duration_seconds",
+            "Request latency in seconds, by transport, endpoint and status",
+            latency.clone(),
+        );
+        let allocations = Family::<AllocLabels, Counter>::default();
+        registry.register(
+            "allocations",
+            "Units allocated to each experiment cell",
+            allocations.clone(),
+        );
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Config documents applied (accepted, unchanged) or rejected, by source",
+            reloads.clone(),
+        );
+        let revision = Gauge::default();
+        registry.register(
+            "config_revision",
+            "The serving config revision (0 before the first config)",
+            revision.clone(),
+        );
+        let log_lines = Counter::default();
+        registry.register(
+            "assignment_log_lines",
+            "Assignment log lines queued for writing",
+            log_lines.clone(),
+        );
+        let log_dropped = Counter::default();
+        registry.register(
+            "assignment_log_dropped",
+            "Assignment log lines dropped because the queue was full or closed",
+            log_dropped.clone(),
+        );
+        let persist_failures = Counter::default();
+        registry.register(
+            "state_persist_failures",
+            "Accepted configs that could not be written to --state-dir",
+            persist_failures.clone(),
+        );
+        Arc::new(Self {
+            registry,
+            requests,
+            latency,
+            allocations,
+            reloads,
+            revision,
+            log_lines,
+            log_dropped,
+            persist_failures,
+            table: ArcSwapOption::empty(),
+        })
+    }
+
+    /// Counts one request and its latency. `endpoint` is a route (`/v1/allocate`) or an RPC
+    /// method (`Allocate`); `status` is the HTTP status or the numeric gRPC code.
+    pub fn observe_request(
+        &self,
+        transport: Transport,
+        endpoint: &'static str,
+        status: u16,
+        elapsed: Duration,
+    ) {
+        let labels = RequestLabels {
+            transport: match transport {
+                Transport::Http => "http",
+                Transport::Grpc => "grpc",
+            },
+            endpoint,
+            status,
+        };
+        self.requests.get_or_create(&labels).inc();
+        self.latency
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts the unit's experiment cells.
+    pub fn count_allocation(&self, snapshot: &Snapshot, allocation: &Allocation<'_>) {
+        if allocation.assignments().is_empty() {
+            return;
+        }
+        let guard = self.table.load();
+        let table = match &*guard {
+            Some(t)
+                if t.revision == snapshot.revision()
+                    && t.content_hash == snapshot.content_hash() =>
+            {
+                t.clone()
+            }
+            // First request on a new revision: resolve its counters once. Racing builders
+            // produce equal tables over the same shared counters.
+            _ => {
+                let t = Arc::new(self.table_for(snapshot));
+                self.table.store(Some(t.clone()));
+                t
+            }
+        };
+        for a in allocation.assignments() {
+            if let Some(cells) = table.experiments.get(a.experiment)
+                && let Some((_, c)) = cells.iter().find(|(id, _)| &**id == a.cell)
+            {
+                c.inc();
+            }
+        }
+    }
+
+    /// Counts one config document from `source`: accepted (new revision or unchanged) or rejected.
+    pub fn reload(&self, source: Source, ok: bool) {
+        self.reloads
+            .get_or_create(&ReloadLabels {
+                source: source_name(source),
+                result: if ok { "success" } else { "failure" },
+            })
+            .inc();
+    }
+
+    /// Counts an assignment log line queued.
+    pub fn log_line(&self) {
+        self.log_lines.inc();
+    }
+
+    /// Counts an assignment log line dropped.
+    pub fn log_dropped(&self) {
+        self.log_dropped.inc();
+    }
+
+    /// Assignment log lines dropped so far.
+    pub fn log_dropped_total(&self) -> u64 {
+        self.log_dropped.get()
+    }
+
+    /// Counts a failure to persist an accepted config.
+    pub fn persist_failure(&self) {
+        self.persist_failures.inc();
+    }
+
+    /// The OpenMetrics text of every metric, with the revision gauge read from `store`.
+    pub fn render(&self, store: &ConfigStore) -> String {
+        self.revision.set(
+            store
+                .revision()
+                .map_or(0, |r| i64::try_from(r).unwrap_or(i64::MAX)),
+        );
+        let mut out = String::new();
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    fn table_for(&self, snapshot: &Snapshot) -> AllocTable {
+        let experiments = snapshot
+            .config()
+            .experiments
+            .iter()
+            .map(|e| {
+                let cells = e
+                    .cells
+                    .iter()
+                    .map(|c| {
+                        let counter = self
+                            .allocations
+                            .get_or_create(&AllocLabels {
+                                experiment: e.id.clone(),
+                                cell: c.id.clone(),
+                            })
+                            .clone();
+                        (c.id.as_str().into(), counter)
+                    })
+                    .collect();
+                (e.id.as_str().into(), cells)
+            })
+            .collect();
+        AllocTable {
+            revision: snapshot.revision(),
+            content_hash: snapshot.content_hash(),
+            experiments,
+        }
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// The label value of a config source.
+pub fn source_name(source: Source) -> &'static str {
+    match source {
+        Source::Embedded => "embedded",
+        Source::File => "file",
+        Source::Admin => "admin",
+        Source::Upstream => "upstream",
+        Source::Persisted => "persisted",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_requests_allocations_and_revision() {
+        let store = ConfigStore::new();
+        let config = allot::Config::parse(
+            "layers: [{id: l}]\nexperiments: [{id: e, layer: l, ranges: ['0..10000'], cells: [{id: c}]}]",
+        )
+        .unwrap();
+        let snap = store.apply(&config, None, None).unwrap().snapshot().clone();
+        let m = Metrics::new();
+        m.observe_request(
+            Transport::Http,
+            "/v1/allocate",
+            200,
+            Duration::from_micros(5),
+        );
+        let ctx = allot::Context::with_targeting_key("u");
+        m.count_allocation(&snap, &snap.allocate(&ctx));
+        m.count_allocation(&snap, &snap.allocate(&ctx));
+        m.reload(Source::File, false);
+        let text = m.render(&store);
+        assert!(
+            text.contains(
+                r#"allot_requests_total{transport="http",endpoint="/v1/allocate",status="200"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"allot_allocations_total{experiment="e",cell="c"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"allot_config_reloads_total{source="file",result="failure"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("allot_config_revision 1"), "{text}");
+    }
+}

@@ -1,0 +1,150 @@
+//! Process settings: command-line flags, each with an `ALLOT_*` environment fallback, a default
+//! and a doc line (the README's settings table mirrors this file).
+//!
+//! Only process wiring lives here. Experiment config is data and is validated by the engine's
+//! compile step alone.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::log;
+
+/// `allot-server`: deterministic experiment allocation and feature flags over HTTP and gRPC.
+///
+/// With no arguments it serves an embedded demo config on the default ports.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "allot-server", version, about, long_about = None)]
+pub struct Settings {
+    /// Config file (YAML or JSON) to serve; watched, an edit is live within a second.
+    #[arg(long, env = "ALLOT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Directory where every accepted config is persisted; a restart serves the last one.
+    #[arg(long, env = "ALLOT_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Bearer token for admin writes (`PUT /admin/config`); without it admin writes are refused.
+    #[arg(
+        long,
+        env = "ALLOT_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+
+    /// Follow the config of another allot-server (its gRPC address) instead of serving a local one.
+    #[arg(long, env = "ALLOT_UPSTREAM", value_name = "URL")]
+    pub upstream: Option<String>,
+
+    /// Evaluation HTTP listen address (`/v1/allocate`, `/v1/config`).
+    #[arg(long, env = "ALLOT_HTTP_ADDR", default_value = "0.0.0.0:8016")]
+    pub http_addr: SocketAddr,
+
+    /// gRPC listen address (`allot.v1.Allocator`, health, reflection).
+    #[arg(long, env = "ALLOT_GRPC_ADDR", default_value = "0.0.0.0:8013")]
+    pub grpc_addr: SocketAddr,
+
+    /// Management listen address (`/healthz`, `/readyz`, `/metrics`, `/admin/config`).
+    #[arg(long, env = "ALLOT_MGMT_ADDR", default_value = "0.0.0.0:8014")]
+    pub mgmt_addr: SocketAddr,
+
+    /// Assignment log destination: a file (appended to) or `-` for stdout; off when unset.
+    #[arg(long, env = "ALLOT_ASSIGNMENT_LOG", value_name = "FILE|-")]
+    pub assignment_log: Option<String>,
+
+    /// How long a (unit, experiment, cell, revision) is remembered as logged.
+    #[arg(long, env = "ALLOT_ASSIGNMENT_LOG_TTL", default_value = "1h")]
+    pub assignment_log_ttl: humantime::Duration,
+
+    /// Most (unit, experiment, cell, revision) entries remembered for deduplication.
+    #[arg(
+        long,
+        env = "ALLOT_ASSIGNMENT_LOG_CAPACITY",
+        default_value_t = 1_000_000
+    )]
+    pub assignment_log_capacity: u64,
+
+    /// Assignment log lines that may wait for the writer; past it lines are dropped and counted.
+    #[arg(long, env = "ALLOT_ASSIGNMENT_LOG_QUEUE", default_value_t = 65_536)]
+    pub assignment_log_queue: usize,
+
+    /// Byte budget of the `allot` baggage member; past it allocations are dropped and counted.
+    #[arg(long, env = "ALLOT_STAMP_BUDGET", default_value_t = allot::stamp::DEFAULT_BUDGET)]
+    pub stamp_budget: usize,
+
+    /// Most attributes an evaluation context may have.
+    #[arg(long, env = "ALLOT_MAX_CONTEXT_KEYS", default_value_t = 1_000)]
+    pub max_context_keys: usize,
+
+    /// How often the --config file is checked for changes.
+    #[arg(long, env = "ALLOT_CONFIG_POLL", default_value = "250ms")]
+    pub config_poll: humantime::Duration,
+}
+
+// === impl Settings ===
+
+impl Settings {
+    /// Settings for tests and embedding: every listener on `127.0.0.1:0`, nothing else set.
+    pub fn local() -> Self {
+        Self::parse_from([
+            "allot-server",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--mgmt-addr",
+            "127.0.0.1:0",
+        ])
+    }
+
+    /// The assignment log options, if the log is on.
+    pub fn assignment_log_options(&self) -> Option<log::Options> {
+        let target = match self.assignment_log.as_deref()? {
+            "" => return None,
+            "-" => log::Target::Stdout,
+            path => log::Target::File(path.into()),
+        };
+        Some(log::Options {
+            target,
+            ttl: self.assignment_log_ttl.into(),
+            capacity: self.assignment_log_capacity,
+            queue: self.assignment_log_queue,
+        })
+    }
+
+    /// The --config poll interval (at least 10 ms).
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from(self.config_poll).max(Duration::from_millis(10))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_parsing() {
+        <Settings as clap::CommandFactory>::command().debug_assert();
+        let s = Settings::parse_from(["allot-server"]);
+        assert_eq!(s.http_addr.port(), 8016);
+        assert_eq!(s.grpc_addr.port(), 8013);
+        assert_eq!(s.mgmt_addr.port(), 8014);
+        assert_eq!(s.stamp_budget, 512);
+        assert!(s.assignment_log_options().is_none());
+        assert_eq!(s.poll_interval(), Duration::from_millis(250));
+        let s = Settings::parse_from([
+            "allot-server",
+            "--assignment-log",
+            "-",
+            "--assignment-log-ttl",
+            "90s",
+        ]);
+        let o = s.assignment_log_options().unwrap();
+        assert_eq!(o.target, log::Target::Stdout);
+        assert_eq!(o.ttl, Duration::from_secs(90));
+        assert!(Settings::try_parse_from(["allot-server", "--http-addr", "nope"]).is_err());
+    }
+}
