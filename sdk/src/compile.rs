@@ -413,6 +413,10 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
         flags: flags.into(),
         flag_index,
         flag_layers: flag_layers.into(),
+        targeting_unit: unit_keys
+            .binary_search(&DEFAULT_UNIT)
+            .ok()
+            .map(|i| i as u32),
         unit_keys: unit_keys.iter().map(|&k| Box::from(k)).collect(),
     })
 }

@@ -27,6 +27,9 @@ const LINEAR: usize = 16;
 pub struct Context {
     /// Sorted by key, keys unique.
     attrs: Vec<(Box<str>, Value)>,
+    /// Position of `targetingKey` in `attrs`: the unit of nearly every layer, read without
+    /// comparing keys.
+    targeting: Option<u32>,
 }
 
 /// Why a context has no usable unit for a layer, holdout or rollout.
@@ -66,8 +69,19 @@ impl Context {
                     slot.1 = value.into();
                 }
             }
-            Err(i) => self.attrs.insert(i, (key, value.into())),
+            Err(i) => {
+                self.attrs.insert(i, (key, value.into()));
+                self.index_targeting();
+            }
         }
+    }
+
+    fn index_targeting(&mut self) {
+        self.targeting = self
+            .attrs
+            .binary_search_by(|(k, _)| (**k).cmp(TARGETING_KEY))
+            .ok()
+            .map(|i| i as u32);
     }
 
     /// The attribute `key`; JSON `null` counts as absent.
@@ -88,17 +102,28 @@ impl Context {
 
     /// The `targetingKey` attribute, if it is a string.
     pub fn targeting_key(&self) -> Option<&str> {
-        self.get(TARGETING_KEY).and_then(Value::as_str)
+        self.targeting_value().and_then(Value::as_str)
     }
 
     /// The unit named by `key`: a string of 1 to 256 bytes.
     #[inline]
     pub fn unit(&self, key: &str) -> Result<&str, UnitError> {
-        match self.get(key) {
-            None => Err(UnitError::Missing),
-            Some(Value::String(s)) if (1..=MAX_UNIT_LEN).contains(&s.len()) => Ok(s),
-            Some(_) => Err(UnitError::Invalid),
+        if key == TARGETING_KEY {
+            return self.targeting_unit();
         }
+        as_unit(self.get(key))
+    }
+
+    /// [`Context::unit`] for `targetingKey`, without a key search.
+    #[inline]
+    pub fn targeting_unit(&self) -> Result<&str, UnitError> {
+        as_unit(self.targeting_value())
+    }
+
+    #[inline]
+    fn targeting_value(&self) -> Option<&Value> {
+        let i = self.targeting? as usize;
+        self.attrs.get(i).map(|(_, v)| v).filter(|v| !v.is_null())
     }
 
     /// Number of attributes.
@@ -135,7 +160,21 @@ impl Context {
                 _ => out.push((k, v)),
             }
         }
-        Self { attrs: out }
+        let mut ctx = Self {
+            attrs: out,
+            targeting: None,
+        };
+        ctx.index_targeting();
+        ctx
+    }
+}
+
+#[inline]
+fn as_unit(v: Option<&Value>) -> Result<&str, UnitError> {
+    match v {
+        None => Err(UnitError::Missing),
+        Some(Value::String(s)) if (1..=MAX_UNIT_LEN).contains(&s.len()) => Ok(s),
+        Some(_) => Err(UnitError::Invalid),
     }
 }
 

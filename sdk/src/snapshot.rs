@@ -48,6 +48,8 @@ pub struct Snapshot {
     /// Distinct context keys used as units by layers, holdouts and rollouts, sorted.
     /// Layers, holdouts and rollouts refer to them by index so a request reads each once.
     pub(crate) unit_keys: Box<[Box<str>]>,
+    /// Index of `targetingKey` in `unit_keys`, read through the context's fast path.
+    pub(crate) targeting_unit: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -305,20 +307,19 @@ impl Snapshot {
             return Ok(flag.default_resolution(Reason::Disabled));
         }
         let mut hit = None;
-        if let Some(layer) = flag.layer.and_then(|li| self.layers.get(li as usize)) {
-            let unit = self
-                .unit_key(layer.unit)
-                .map_or(Err(UnitError::Missing), |k| ctx.unit(k));
-            if let Ok(unit) = unit {
-                if layer.holdouts.iter().any(|&h| {
-                    self.holdouts
-                        .get(h as usize)
-                        .is_some_and(|h| h.contains_unit(self.unit_of(h.unit, ctx)))
-                }) {
-                    return Ok(flag.default_resolution(Reason::Default));
-                }
-                hit = self.assign(flag.layer.unwrap_or_default(), layer, unit, ctx);
+        if let Some(li) = flag.layer
+            && let Some(layer) = self.layers.get(li as usize)
+            && let Ok(unit) = self.unit_of(layer.unit, ctx)
+        {
+            let held = layer.holdouts.iter().any(|&h| {
+                self.holdouts
+                    .get(h as usize)
+                    .is_some_and(|h| h.contains_unit(self.unit_of(h.unit, ctx)))
+            });
+            if held {
+                return Ok(flag.default_resolution(Reason::Default));
             }
+            hit = self.assign(li, layer, unit, ctx);
         }
         Ok(self.finish(flag, hit, ctx, |u| self.unit_of(u, ctx)))
     }
@@ -402,6 +403,9 @@ impl Snapshot {
     /// The value of unit key `i` in `ctx`.
     #[inline]
     fn unit_of<'c>(&self, i: u32, ctx: &'c Context) -> Result<&'c str, UnitError> {
+        if Some(i) == self.targeting_unit {
+            return ctx.targeting_unit();
+        }
         self.unit_key(i)
             .map_or(Err(UnitError::Missing), |k| ctx.unit(k))
     }
@@ -409,7 +413,9 @@ impl Snapshot {
     /// Every unit key's value, read once.
     #[inline]
     fn units<'c>(&self, ctx: &'c Context) -> Units<'c> {
-        self.unit_keys.iter().map(|k| ctx.unit(k)).collect()
+        (0..self.unit_keys.len() as u32)
+            .map(|i| self.unit_of(i, ctx))
+            .collect()
     }
 
     /// The unit's experiment and cell in one layer, holdouts aside.
