@@ -18,6 +18,8 @@ use crate::context::{Context, TARGETING_KEY, UnitError};
 
 /// Inline capacity for per-request lists: no heap allocation for units in up to 8 layers.
 const INLINE: usize = 8;
+/// Layers located together in `allocate_into` (see there).
+const BATCH: usize = 8;
 
 /// A compiled config: build it with [`crate::compile`], share it (`Arc`) across threads.
 ///
@@ -285,16 +287,30 @@ impl Snapshot {
                 out.holdouts.push(&h.id);
             }
         }
-        for (li, layer) in self.layers.iter().enumerate() {
-            if !held.is_empty() && layer.holdouts.iter().any(|h| held.contains(h)) {
-                continue;
+        // Layers go in batches: first every layer's bucket and owning range, then the owners
+        // and cells. The lookups of different layers do not depend on each other, so their
+        // cache misses overlap instead of queueing one behind the other.
+        let mut base = 0u32;
+        for chunk in self.layers.chunks(BATCH) {
+            let mut located: [Option<(u32, u32, &str)>; BATCH] = [None; BATCH];
+            for (slot, layer) in located.iter_mut().zip(chunk) {
+                if !held.is_empty() && layer.holdouts.iter().any(|h| held.contains(h)) {
+                    continue;
+                }
+                if let Some(&Ok(unit)) = units.get(layer.unit as usize) {
+                    *slot = self
+                        .locate(layer, unit)
+                        .map(|(owner, bucket)| (owner, bucket, unit));
+                }
             }
-            let Some(Ok(unit)) = units.get(layer.unit as usize) else {
-                continue;
-            };
-            if let Some(hit) = self.assign(li as u32, layer, unit, ctx) {
-                out.assignments.push(self.named(hit));
+            for (j, slot) in located.iter().enumerate() {
+                if let Some((owner, bucket, unit)) = *slot
+                    && let Some(hit) = self.settle(base + j as u32, owner, bucket, unit, ctx)
+                {
+                    out.assignments.push(self.named(hit));
+                }
             }
+            base += chunk.len() as u32;
         }
     }
 
@@ -421,6 +437,13 @@ impl Snapshot {
     /// The unit's experiment and cell in one layer, holdouts aside.
     #[inline]
     fn assign(&self, li: u32, layer: &Layer, unit: &str, ctx: &Context) -> Option<Hit> {
+        let (owner, bucket) = self.locate(layer, unit)?;
+        self.settle(li, owner, bucket, unit, ctx)
+    }
+
+    /// The unit's bucket in the layer and the index of the range owning it, if any.
+    #[inline]
+    fn locate(&self, layer: &Layer, unit: &str) -> Option<(u32, u32)> {
         let bucket = scale(hash(layer.seed, unit), u64::from(layer.buckets)) as u32;
         let first = layer.first as usize;
         let bounds = self.bounds.get(first..first + layer.len as usize)?;
@@ -429,11 +452,20 @@ impl Snapshot {
             .partition_point(|&(start, _)| start <= bucket)
             .checked_sub(1)?;
         let &(_, end) = bounds.get(idx)?;
-        if bucket >= end {
-            return None;
-        }
-        let owner_idx = first + idx;
-        let owner = self.owners.get(owner_idx)?;
+        (bucket < end).then_some(((first + idx) as u32, bucket))
+    }
+
+    /// Eligibility and the cell for a unit whose bucket is owned by `owners[owner]`.
+    #[inline]
+    fn settle(
+        &self,
+        li: u32,
+        owner_idx: u32,
+        bucket: u32,
+        unit: &str,
+        ctx: &Context,
+    ) -> Option<Hit> {
+        let owner = self.owners.get(owner_idx as usize)?;
         if owner.conditional
             && !self
                 .experiments
@@ -450,7 +482,7 @@ impl Snapshot {
         let cell = first_cell + cells.iter().position(|c| p < c.end)?;
         Some(Hit {
             layer: li,
-            owner: owner_idx as u32,
+            owner: owner_idx,
             cell: cell as u32,
             bucket,
         })
