@@ -1,5 +1,5 @@
-//! gRPC transport (tonic) on the evaluation port: `allot.v1.Allocator`, `grpc.health.v1` and
-//! server reflection.
+//! gRPC transport (tonic) on the evaluation port: `allot.v1.Allocator`, the flagd evaluation
+//! API ([`crate::flagd`], v1 and v2), `grpc.health.v1` and server reflection.
 //!
 //! This module only maps messages and metadata to [`Service`] calls and the views it returns
 //! back to messages; it holds no allocation logic. Errors reach clients through
@@ -107,6 +107,8 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
+        .add_service(crate::flagd::v1_server(service.clone(), stop_rx.clone()))
+        .add_service(crate::flagd::v2_server(service.clone(), stop_rx.clone()))
         .add_service(allocator_server(service, stop_rx))
         .serve_with_incoming_shutdown(incoming, signal);
     let deadline = async move {

@@ -1,4 +1,5 @@
-//! HTTP transport (axum) on the evaluation port: `POST /v1/allocate` and `GET /v1/config`.
+//! HTTP transport (axum) on the evaluation port: `POST /v1/allocate`, `GET /v1/config`, and
+//! the OFREP routes of [`crate::ofrep`].
 //!
 //! Handlers only decode requests, call [`Service`], and encode its views; every failure is an
 //! [`ApiError`] with a specific status, code and message (axum's default rejection texts are
@@ -32,14 +33,15 @@ pub const BAGGAGE: &str = "baggage";
 /// The `traceparent` header name.
 pub const TRACEPARENT: &str = "traceparent";
 
-/// The evaluation router: `POST /v1/allocate`, `GET /v1/config`.
+/// The evaluation router: `POST /v1/allocate`, `GET /v1/config`, and OFREP ([`crate::ofrep`]).
 pub fn router(service: Service) -> Router {
     Router::new()
         .route("/v1/allocate", post(allocate))
         .route("/v1/config", get(config))
         .route_layer(middleware::from_fn_with_state(service.clone(), track))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(service)
+        .with_state(service.clone())
+        .merge(crate::ofrep::router(service))
 }
 
 async fn allocate(
@@ -170,7 +172,7 @@ pub fn etag(revision: u64, content_hash: u64) -> String {
 }
 
 /// Whether `If-None-Match` (any of its lines and list members, weak or not, or `*`) names `etag`.
-fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+pub fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
     headers
         .get_all(header::IF_NONE_MATCH)
         .iter()
@@ -254,6 +256,8 @@ pub fn endpoint_label(path: Option<&MatchedPath>) -> &'static str {
     match path.map(MatchedPath::as_str) {
         Some("/v1/allocate") => "/v1/allocate",
         Some("/v1/config") => "/v1/config",
+        Some(crate::ofrep::SINGLE_ROUTE) => crate::ofrep::SINGLE_ROUTE,
+        Some(crate::ofrep::BULK_ROUTE) => crate::ofrep::BULK_ROUTE,
         Some("/admin/config") => "/admin/config",
         Some("/healthz") => "/healthz",
         Some("/readyz") => "/readyz",

@@ -7,10 +7,12 @@
 pub mod admin;
 pub mod app;
 pub mod error;
+pub mod flagd;
 pub mod grpc;
 pub mod http;
 pub mod log;
 pub mod metrics;
+pub mod ofrep;
 pub mod service;
 pub mod settings;
 pub mod source;

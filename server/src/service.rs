@@ -132,9 +132,41 @@ impl Service {
         meta: RequestMeta<'_>,
         f: impl FnOnce(&AllocateView<'_>) -> R,
     ) -> Result<R, ApiError> {
+        self.run(ctx, keys, incoming_baggage, meta, true, f)
+    }
+
+    /// [`Service::allocate_with`] for the OpenFeature transports (OFREP, flagd): the unit is
+    /// checked per flag, not per request. A context without any unit is accepted; a flag that
+    /// needs one resolves with [`Reason::Error`] and [`allot::ErrorCode::TargetingKeyMissing`]
+    /// (an invalid unit with `InvalidContext`), while static and rule-only flags evaluate
+    /// normally. The context's attribute count is still limited.
+    pub fn evaluate_with<R>(
+        &self,
+        ctx: &Context,
+        keys: &[String],
+        incoming_baggage: &[&str],
+        meta: RequestMeta<'_>,
+        f: impl FnOnce(&AllocateView<'_>) -> R,
+    ) -> Result<R, ApiError> {
+        self.run(ctx, keys, incoming_baggage, meta, false, f)
+    }
+
+    fn run<R>(
+        &self,
+        ctx: &Context,
+        keys: &[String],
+        incoming_baggage: &[&str],
+        meta: RequestMeta<'_>,
+        require_unit: bool,
+        f: impl FnOnce(&AllocateView<'_>) -> R,
+    ) -> Result<R, ApiError> {
         let guard = self.store.load();
         let snapshot: &Snapshot = guard.as_ref().ok_or(ApiError::NotReady)?;
-        self.check_context(snapshot, ctx)?;
+        if require_unit {
+            self.check_context(snapshot, ctx)?;
+        } else {
+            self.check_size(ctx)?;
+        }
         let parent = meta.traceparent.and_then(TraceParent::parse);
         let span = parent.as_ref().map(ServerSpan::start);
         let allocation = snapshot.allocate(ctx);
@@ -178,13 +210,7 @@ impl Service {
     /// Rejects contexts the engine would silently give nothing: too many keys, no unit at
     /// all, or a unit attribute that is not a 1-256 byte string.
     pub fn check_context(&self, snapshot: &Snapshot, ctx: &Context) -> Result<(), ApiError> {
-        if ctx.len() > self.limits.max_context_keys {
-            return Err(ApiError::InvalidContext(format!(
-                "context has {} attributes, more than the limit of {}",
-                ctx.len(),
-                self.limits.max_context_keys
-            )));
-        }
+        self.check_size(ctx)?;
         let mut present = false;
         for key in snapshot.unit_keys() {
             match ctx.unit(key) {
@@ -201,6 +227,20 @@ impl Service {
         if !present && snapshot.unit_keys().len() > 0 {
             let keys: Vec<String> = snapshot.unit_keys().map(|k| format!("`{k}`")).collect();
             return Err(ApiError::UnitMissing(keys.join(" or ")));
+        }
+        Ok(())
+    }
+}
+
+impl Service {
+    /// Rejects contexts with more attributes than [`Limits::max_context_keys`].
+    pub fn check_size(&self, ctx: &Context) -> Result<(), ApiError> {
+        if ctx.len() > self.limits.max_context_keys {
+            return Err(ApiError::InvalidContext(format!(
+                "context has {} attributes, more than the limit of {}",
+                ctx.len(),
+                self.limits.max_context_keys
+            )));
         }
         Ok(())
     }

@@ -1,0 +1,374 @@
+//! Criterion benches of the server's handler path (issue 3, "Speed": decode → allocate → encode,
+//! in-process, no socket, ≤ 5 µs for the demo config); numbers in BENCHMARKS.md.
+//!
+//! Every request is built outside the timed region (`iter_batched`), from one of [`N`]
+//! precomputed bodies, so the caches and branch predictor see many distinct units. The service
+//! is assembled as `allot_server::app::start` assembles it: a [`ConfigStore`] serving the
+//! embedded demo config, [`Limits::default`], and a [`Metrics`] registry (the `track` middleware
+//! and the per-cell counters run); no assignment log (off by default). `server/http_hello_floor`
+//! drives a one-route axum router the same way, so the ratio to it is what allot adds over axum.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use allot::Context;
+use allot_proto::allot::v1 as pb;
+use allot_proto::allot::v1::allocator_server::Allocator;
+use allot_proto::convert::json_map_to_struct;
+use allot_server::grpc::{AllocatorService, allocator_server};
+use allot_server::http::router;
+use allot_server::metrics::Metrics;
+use allot_server::service::{Limits, Service};
+use allot_server::source;
+use allot_server::state::ConfigStore;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderValue, Request, StatusCode, header};
+use axum::routing::post;
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use http_body_util::{BodyExt, Full};
+use prost::Message;
+use serde_json::{Map, Value, json};
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+/// Distinct request bodies rotated per iteration (a power of two so the index is a mask).
+const N: usize = 1024;
+const MASK: usize = N - 1;
+
+/// Countries of the demo's conditions (`in [US, CA, SE]`, the `nordics` segment) and others.
+const COUNTRIES: [&str; 8] = ["SE", "US", "DE", "CA", "GB", "NO", "SE", "FR"];
+/// `tv` with `app_version >= 5.0.0` is the demo's `modern-tv` segment.
+const PLATFORMS: [&str; 4] = ["ios", "android", "web", "tv"];
+
+/// An incoming `baggage` header of 3 members (one with a property).
+const BAGGAGE: &str = "userId=alice,tenant=acme;priority=high,sentry-environment=production";
+/// A valid W3C `traceparent` (sampled).
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// The fixed body of the floor's handler.
+const HELLO: &str = r#"{"hello":"world"}"#;
+
+/// Context `i`: units `member-{i}` and `device-{i}`, a country, a platform, an app version.
+fn context(i: usize) -> Map<String, Value> {
+    let json = json!({
+        "targetingKey": format!("member-{i}"),
+        "device_id": format!("device-{i}"),
+        "country": COUNTRIES[i % COUNTRIES.len()],
+        "platform": PLATFORMS[i % PLATFORMS.len()],
+        "app_version": format!("{}.{}.{}", 4 + i % 3, i % 7, i % 5),
+    });
+    match json {
+        Value::Object(map) => map,
+        _ => unreachable!("a JSON object literal"),
+    }
+}
+
+/// [`N`] `{"context": {...}}` bodies.
+fn http_bodies() -> Vec<Bytes> {
+    (0..N)
+        .map(|i| {
+            let body = json!({ "context": Value::Object(context(i)) });
+            Bytes::from(serde_json::to_vec(&body).expect("serializable"))
+        })
+        .collect()
+}
+
+/// [`N`] encoded `AllocateRequest` messages with the same contexts.
+fn grpc_messages() -> Vec<Bytes> {
+    (0..N)
+        .map(|i| {
+            let msg = pb::AllocateRequest {
+                context: Some(json_map_to_struct(&context(i))),
+            };
+            Bytes::from(msg.encode_to_vec())
+        })
+        .collect()
+}
+
+/// [`N`] engine contexts with the same attributes.
+fn contexts() -> Vec<Context> {
+    (0..N).map(|i| Context::from(context(i))).collect()
+}
+
+/// The service as `app::start` builds it over the embedded demo config.
+fn demo_service(metrics: bool) -> Service {
+    let store = Arc::new(ConfigStore::new());
+    let config = source::embedded().expect("the demo config parses");
+    store
+        .apply(&config, None, None)
+        .expect("the demo config compiles");
+    let service = Service::new(store, Limits::default());
+    if metrics {
+        service.with_metrics(Metrics::new())
+    } else {
+        service
+    }
+}
+
+/// `POST uri` with a JSON body and, if `traced`, a `baggage` and a `traceparent` header.
+fn post_json(uri: &str, body: &Bytes, traced: bool) -> Request<Body> {
+    let mut req = Request::builder().method("POST").uri(uri).header(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if traced {
+        req = req
+            .header("baggage", HeaderValue::from_static(BAGGAGE))
+            .header("traceparent", HeaderValue::from_static(TRACEPARENT));
+    }
+    req.body(Body::from(body.clone())).expect("valid request")
+}
+
+/// One request through `router`: the status and the buffered response body.
+async fn oneshot(router: &Router, req: Request<Body>) -> (StatusCode, Bytes) {
+    let res = router.clone().oneshot(req).await.expect("infallible");
+    let status = res.status();
+    let body = res
+        .into_body()
+        .collect()
+        .await
+        .expect("in-memory body")
+        .to_bytes();
+    (status, body)
+}
+
+/// The floor: axum alone, one `POST /` route that buffers the body and answers fixed JSON.
+fn hello_router() -> Router {
+    Router::new().route(
+        "/",
+        post(|body: Bytes| async move {
+            black_box(body);
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                HELLO,
+            )
+        }),
+    )
+}
+
+/// The gRPC length-prefixed frame of `msg` (uncompressed).
+fn grpc_frame(msg: &[u8]) -> Bytes {
+    let len = u32::try_from(msg.len()).expect("small message");
+    let mut framed = Vec::with_capacity(5 + msg.len());
+    framed.push(0);
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(msg);
+    Bytes::from(framed)
+}
+
+/// A unary `allot.v1.Allocator/Allocate` HTTP/2 request as tonic's server sees it.
+fn grpc_request(framed: &Bytes) -> axum::http::Request<Full<Bytes>> {
+    axum::http::Request::builder()
+        .method("POST")
+        .uri("/allot.v1.Allocator/Allocate")
+        .header(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        )
+        .header("te", HeaderValue::from_static("trailers"))
+        .body(Full::new(framed.clone()))
+        .expect("valid request")
+}
+
+fn benches(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let bodies = http_bodies();
+    let messages = grpc_messages();
+    let ctxs = contexts();
+
+    let service = demo_service(true);
+    let app = router(service.clone());
+    let bare_app = router(demo_service(false));
+    let hello = hello_router();
+
+    // Every path answers successfully before anything is timed.
+    rt.block_on(async {
+        for traced in [false, true] {
+            let (status, body) = oneshot(&app, post_json("/v1/allocate", &bodies[0], traced)).await;
+            assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+            let v: Value = serde_json::from_slice(&body).expect("JSON response");
+            assert!(v["flags"]["prefetch"].is_object(), "{v}");
+            if !traced {
+                eprintln!(
+                    "server/http_allocate_demo: response body {} bytes",
+                    body.len()
+                );
+            }
+        }
+        let (status, body) = oneshot(&hello, post_json("/", &bodies[0], false)).await;
+        assert_eq!((status, &body[..]), (StatusCode::OK, HELLO.as_bytes()));
+    });
+
+    let mut g = c.benchmark_group("server");
+    g.bench_function("http_hello_floor", |b| {
+        let mut i = 0usize;
+        b.to_async(&rt).iter_batched(
+            || {
+                i = i.wrapping_add(1);
+                post_json("/", &bodies[i & MASK], false)
+            },
+            |req| oneshot(&hello, black_box(req)),
+            BatchSize::SmallInput,
+        );
+    });
+    g.bench_function("http_allocate_demo", |b| {
+        let mut i = 0usize;
+        b.to_async(&rt).iter_batched(
+            || {
+                i = i.wrapping_add(1);
+                post_json("/v1/allocate", &bodies[i & MASK], false)
+            },
+            |req| oneshot(&app, black_box(req)),
+            BatchSize::SmallInput,
+        );
+    });
+    g.bench_function("http_allocate_demo_with_baggage", |b| {
+        let mut i = 0usize;
+        b.to_async(&rt).iter_batched(
+            || {
+                i = i.wrapping_add(1);
+                post_json("/v1/allocate", &bodies[i & MASK], true)
+            },
+            |req| oneshot(&app, black_box(req)),
+            BatchSize::SmallInput,
+        );
+    });
+
+    // gRPC without a socket, including protobuf: decode the request message with prost, call the
+    // `Allocator::allocate` trait method, encode the response message. Excluded: tonic's
+    // framing, compression checks and HTTP/2 (see `grpc_allocate_demo_tonic`).
+    let (_stop, stop_rx) = watch::channel(false);
+    let grpc = AllocatorService::new(service.clone(), stop_rx.clone());
+    g.bench_function("grpc_allocate_demo_service", |b| {
+        let mut i = 0usize;
+        b.to_async(&rt).iter_batched(
+            || {
+                i = i.wrapping_add(1);
+                messages[i & MASK].clone()
+            },
+            |bytes| {
+                let grpc = &grpc;
+                async move {
+                    let msg = pb::AllocateRequest::decode(black_box(bytes)).expect("valid");
+                    let res = grpc
+                        .allocate(tonic::Request::new(msg))
+                        .await
+                        .expect("allocates");
+                    res.into_inner().encode_to_vec()
+                }
+            },
+            BatchSize::SmallInput,
+        );
+    });
+
+    // The whole tonic server stack minus the socket: the generated `AllocatorServer` as a tower
+    // service given a framed unary request; the response is read to its trailers.
+    let tonic_svc = allocator_server(service.clone(), stop_rx);
+    rt.block_on(async {
+        let res = tonic_svc
+            .clone()
+            .oneshot(grpc_request(&grpc_frame(&messages[0])))
+            .await
+            .expect("infallible");
+        let collected = res.into_body().collect().await.expect("in-memory body");
+        let status = collected.trailers().and_then(|t| t.get("grpc-status"));
+        assert_eq!(status.map(HeaderValue::as_bytes), Some(&b"0"[..]));
+        assert!(collected.to_bytes().len() > 5);
+    });
+    let frames: Vec<Bytes> = messages.iter().map(|m| grpc_frame(m)).collect();
+    g.bench_function("grpc_allocate_demo_tonic", |b| {
+        let mut i = 0usize;
+        b.to_async(&rt).iter_batched(
+            || {
+                i = i.wrapping_add(1);
+                grpc_request(&frames[i & MASK])
+            },
+            |req| {
+                let svc = tonic_svc.clone();
+                async move {
+                    let res = svc.oneshot(black_box(req)).await.expect("infallible");
+                    res.into_body().collect().await.expect("in-memory body")
+                }
+            },
+            BatchSize::SmallInput,
+        );
+    });
+
+    // The service alone: no transport, the view serialized as the HTTP handler does.
+    g.bench_function("service_allocate_demo", |b| {
+        let mut i = 0usize;
+        b.iter(|| {
+            let ctx = &ctxs[i & MASK];
+            i = i.wrapping_add(1);
+            service
+                .allocate(black_box(ctx), &[], &[], |view| serde_json::to_vec(view))
+                .expect("allocates")
+                .expect("serializes")
+        });
+    });
+    g.finish();
+
+    // Diagnostics, not targets.
+    let mut g = c.benchmark_group("server_diag");
+    // The HTTP path with no `Metrics` attached (no `track` timing, no per-cell counters): the
+    // gap to `server/http_allocate_demo` is what metrics cost per request.
+    g.bench_function("http_allocate_demo_no_metrics", |b| {
+        let mut i = 0usize;
+        b.to_async(&rt).iter_batched(
+            || {
+                i = i.wrapping_add(1);
+                post_json("/v1/allocate", &bodies[i & MASK], false)
+            },
+            |req| oneshot(&bare_app, black_box(req)),
+            BatchSize::SmallInput,
+        );
+    });
+    // JSON decode of the body into a `Context` alone (what the handler does before allocating).
+    g.bench_function("json_decode_context", |b| {
+        let mut i = 0usize;
+        b.iter(|| {
+            let body = &bodies[i & MASK];
+            i = i.wrapping_add(1);
+            let v: Value = serde_json::from_slice(black_box(body)).expect("JSON");
+            allot_server::http::context_of(v).expect("a context")
+        });
+    });
+    // Allocation + flag resolution + stamp, without serializing the view.
+    g.bench_function("service_allocate_demo_no_encode", |b| {
+        let mut i = 0usize;
+        b.iter(|| {
+            let ctx = &ctxs[i & MASK];
+            i = i.wrapping_add(1);
+            service
+                .allocate(black_box(ctx), &[], &[], |view| view.flags.len())
+                .expect("allocates")
+        });
+    });
+    // The same with the JSON written into a buffer sized for the whole response: the gap to
+    // `server/service_allocate_demo` is `serde_json::to_vec` growing its 128-byte start.
+    g.bench_function("service_allocate_demo_presized", |b| {
+        let mut i = 0usize;
+        b.iter(|| {
+            let ctx = &ctxs[i & MASK];
+            i = i.wrapping_add(1);
+            service
+                .allocate(black_box(ctx), &[], &[], |view| {
+                    let mut out = Vec::with_capacity(4096);
+                    serde_json::to_writer(&mut out, view).map(|()| out)
+                })
+                .expect("allocates")
+                .expect("serializes")
+        });
+    });
+    g.finish();
+}
+
+criterion_group!(server, benches);
+criterion_main!(server);

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# End-to-end tests of allot-server with third-party OpenFeature clients (Python).
+# Usage: bash e2e/run.sh   (after `cargo build -p allot-server`)
+# ALLOT_SERVER_BIN overrides the server binary (default: target/debug/allot-server).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/.." && pwd)"
+export ALLOT_SERVER_BIN="${ALLOT_SERVER_BIN:-$repo/target/debug/allot-server}"
+if [[ ! -x "$ALLOT_SERVER_BIN" ]]; then
+    echo "e2e: server binary $ALLOT_SERVER_BIN not found; run cargo build -p allot-server" >&2
+    exit 2
+fi
+venv="$here/.venv"
+if [[ ! -x "$venv/bin/python" ]]; then
+    python3 -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt"
+cd "$here"
+exec "$venv/bin/python" -m pytest -q -p no:cacheprovider "$@"

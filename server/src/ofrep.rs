@@ -1,0 +1,358 @@
+//! OFREP, the OpenFeature Remote Evaluation Protocol, on the evaluation HTTP port:
+//! `POST /ofrep/v1/evaluate/flags/{key}` (one flag) and `POST /ofrep/v1/evaluate/flags` (bulk).
+//!
+//! Spec: open-feature/protocol `service/openapi.yaml`. A missing body or `context` is an empty
+//! context. Success entries always carry `value` and `variant`; `metadata` holds only scalars
+//! (`experiment`, `cell`, `layer` when an experiment decided, and `revision`). Errors use the
+//! OFREP bodies `{key, errorCode, errorDetails}`. The unit is checked per flag
+//! ([`Service::evaluate_with`]): a static or rule-only flag evaluates without a
+//! `targetingKey`. The bulk answer carries an `ETag` over the config and the canonical context,
+//! and `If-None-Match` naming it gives 304. CORS is open to any origin so browser providers
+//! can call it. Like [`crate::http`], this module only decodes, calls [`Service`], and encodes.
+
+use allot::{Context, ErrorCode, FlagType, Reason, Resolution};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer};
+use serde_json::Value;
+use tower_http::cors::{Any, CorsLayer};
+
+use crate::error::ApiError;
+use crate::http::{self, BAGGAGE, MAX_BODY, TRACEPARENT};
+use crate::service::{AllocateView, RequestMeta, Service};
+
+/// The single-flag route.
+pub const SINGLE_ROUTE: &str = "/ofrep/v1/evaluate/flags/{key}";
+
+/// The bulk route.
+pub const BULK_ROUTE: &str = "/ofrep/v1/evaluate/flags";
+
+/// The OFREP routes, with request metrics, the body limit and CORS (any origin; `ETag` and
+/// `baggage` exposed). Merge into the evaluation router.
+pub fn router(service: Service) -> Router {
+    Router::new()
+        .route(SINGLE_ROUTE, post(single))
+        .route(BULK_ROUTE, post(bulk))
+        .route_layer(middleware::from_fn_with_state(service.clone(), http::track))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(cors())
+        .with_state(service)
+}
+
+/// CORS for browser clients: any origin, `POST`, any request header; `ETag` and `baggage`
+/// readable by scripts.
+fn cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::POST, Method::OPTIONS])
+        .allow_headers(Any)
+        .expose_headers([header::ETAG, HeaderName::from_static(BAGGAGE)])
+}
+
+/// The context of an OFREP body: `{"context": {...}}`; an empty body, a missing or `null`
+/// `context` is an empty context.
+pub fn context_of(body: &[u8]) -> Result<Context, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Context::new());
+    }
+    match http::parse_json::<Value>(body)? {
+        Value::Object(mut top) => match top.remove("context") {
+            None | Some(Value::Null) => Ok(Context::new()),
+            Some(Value::Object(map)) => Ok(Context::from(map)),
+            Some(_) => Err(ApiError::InvalidContext(
+                "`context` must be a JSON object".to_owned(),
+            )),
+        },
+        _ => Err(ApiError::Parse(
+            "request body must be a JSON object with a `context` object".to_owned(),
+        )),
+    }
+}
+
+/// The OFREP `errorCode` of a request-level error.
+pub fn error_code(e: &ApiError) -> &'static str {
+    match e {
+        ApiError::Parse(_) => "PARSE_ERROR",
+        ApiError::InvalidContext(_) => "INVALID_CONTEXT",
+        ApiError::UnitMissing(_) => "TARGETING_KEY_MISSING",
+        ApiError::FlagNotFound(_) => "FLAG_NOT_FOUND",
+        ApiError::TypeMismatch { .. } => "TYPE_MISMATCH",
+        ApiError::NotReady => "PROVIDER_NOT_READY",
+        _ => "GENERAL",
+    }
+}
+
+/// The HTTP status of a request-level error: 404, 413, 503, 500, else 400.
+fn error_status(e: &ApiError) -> StatusCode {
+    match e {
+        ApiError::FlagNotFound(_) => StatusCode::NOT_FOUND,
+        ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+        ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+/// An OFREP error body `{[key,] errorCode, errorDetails}` with its status.
+pub fn error_response(key: Option<&str>, e: &ApiError) -> Response {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Body<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key: Option<&'a str>,
+        error_code: &'static str,
+        error_details: String,
+    }
+    if let ApiError::Internal(detail) = e {
+        tracing::error!(%detail, "internal error");
+    }
+    let body = Body {
+        key,
+        error_code: error_code(e),
+        error_details: e.to_string(),
+    };
+    (error_status(e), axum::Json(body)).into_response()
+}
+
+/// The engine's per-flag error as OFREP `errorCode` and `errorDetails`.
+fn flag_error(r: &Resolution<'_>) -> Option<(&'static str, String)> {
+    if r.reason != Reason::Error {
+        return None;
+    }
+    Some(match r.error {
+        Some(ErrorCode::InvalidContext) => (
+            "INVALID_CONTEXT",
+            format!(
+                "flag `{}` hashes a context attribute that is not a string of 1 to {} bytes",
+                r.key,
+                allot::id::MAX_UNIT_LEN
+            ),
+        ),
+        Some(ErrorCode::TargetingKeyMissing) => (
+            "TARGETING_KEY_MISSING",
+            format!(
+                "flag `{}` splits traffic by a unit the context does not carry (e.g. `targetingKey`)",
+                r.key
+            ),
+        ),
+        None => (
+            "GENERAL",
+            format!("flag `{}` could not be evaluated", r.key),
+        ),
+    })
+}
+
+/// The served value in its declared type: float flags always as JSON floats, integer flags
+/// as JSON integers.
+pub struct TypedValue<'a>(pub FlagType, pub &'a Value);
+
+impl Serialize for TypedValue<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match (self.0, self.1) {
+            (FlagType::Float, Value::Number(n)) => match n.as_f64() {
+                Some(f) => s.serialize_f64(f),
+                None => self.1.serialize(s),
+            },
+            (FlagType::Int, Value::Number(n)) => match (n.as_i64(), n.as_f64()) {
+                (Some(i), _) => s.serialize_i64(i),
+                // An integral float (`10.0`) as an integer.
+                (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => {
+                    s.serialize_i64(f as i64)
+                }
+                _ => self.1.serialize(s),
+            },
+            _ => self.1.serialize(s),
+        }
+    }
+}
+
+/// One flag's OFREP entry: success `{key, value, variant, reason, metadata}` or failure
+/// `{key, errorCode, errorDetails}`.
+struct Entry<'a, 's> {
+    r: &'a Resolution<'s>,
+    revision: u64,
+}
+
+impl Serialize for Entry<'_, '_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let r = self.r;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("key", r.key)?;
+        if let Some((code, details)) = flag_error(r) {
+            m.serialize_entry("errorCode", code)?;
+            m.serialize_entry("errorDetails", &details)?;
+            return m.end();
+        }
+        m.serialize_entry("value", &TypedValue(r.kind, r.value))?;
+        m.serialize_entry("variant", r.variant)?;
+        m.serialize_entry("reason", r.reason.as_str())?;
+        m.serialize_entry(
+            "metadata",
+            &Metadata {
+                r,
+                revision: self.revision,
+            },
+        )?;
+        m.end()
+    }
+}
+
+/// Scalar metadata: `experiment`, `cell`, `layer` (when an experiment decided), `revision`.
+struct Metadata<'a, 's> {
+    r: &'a Resolution<'s>,
+    revision: u64,
+}
+
+impl Serialize for Metadata<'_, '_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        if let Some(a) = &self.r.assignment {
+            m.serialize_entry("experiment", a.experiment)?;
+            m.serialize_entry("cell", a.cell)?;
+            m.serialize_entry("layer", a.layer)?;
+        }
+        m.serialize_entry("revision", &self.revision)?;
+        m.end()
+    }
+}
+
+/// The bulk body: `{"flags": [...], "metadata": {"revision": N}}`.
+struct Bulk<'a, 's>(&'a AllocateView<'s>);
+
+impl Serialize for Bulk<'_, '_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Meta {
+            revision: u64,
+        }
+        let revision = self.0.snapshot.revision();
+        let flags: Vec<Entry<'_, '_>> =
+            self.0.flags.iter().map(|r| Entry { r, revision }).collect();
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("flags", &flags)?;
+        m.serialize_entry("metadata", &Meta { revision })?;
+        m.end()
+    }
+}
+
+/// The bulk `ETag`: `"<revision>-<16 hex>"`, the hex hashing the config's content hash and
+/// the canonical (key-sorted) context, so a context change is a new tag.
+pub fn bulk_etag(revision: u64, content_hash: u64, ctx: &Context) -> String {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(&content_hash.to_le_bytes());
+    // Serializing a `Context` cannot fail (string keys, JSON values).
+    h.update(&serde_json::to_vec(ctx).unwrap_or_default());
+    format!("\"{revision}-{:016x}\"", h.digest())
+}
+
+fn incoming(headers: &HeaderMap) -> Vec<&str> {
+    headers
+        .get_all(BAGGAGE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect()
+}
+
+fn meta(headers: &HeaderMap) -> RequestMeta<'_> {
+    RequestMeta::http(headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()))
+}
+
+fn with_baggage(mut res: Response, baggage: &str) -> Response {
+    if let Ok(v) = HeaderValue::try_from(baggage) {
+        res.headers_mut()
+            .insert(HeaderName::from_static(BAGGAGE), v);
+    }
+    res
+}
+
+fn json_response(status: StatusCode, json: Vec<u8>) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        json,
+    )
+        .into_response()
+}
+
+async fn single(
+    State(service): State<Service>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let ctx = match body
+        .map_err(|e| http::body_error(e, MAX_BODY))
+        .and_then(|b| context_of(&b))
+    {
+        Ok(ctx) => ctx,
+        Err(e) => return error_response(Some(&key), &e),
+    };
+    let keys = [key];
+    let result = service.evaluate_with(&ctx, &keys, &incoming(&headers), meta(&headers), |v| {
+        let revision = v.snapshot.revision();
+        let encoded = v.flags.first().map(|r| {
+            let status = match flag_error(r) {
+                Some(_) => StatusCode::BAD_REQUEST,
+                None => StatusCode::OK,
+            };
+            (status, serde_json::to_vec(&Entry { r, revision }))
+        });
+        (encoded, v.baggage.clone())
+    });
+    let [key] = keys;
+    match result {
+        Ok((Some((status, Ok(json))), baggage)) => {
+            with_baggage(json_response(status, json), &baggage)
+        }
+        Ok((Some((_, Err(e))), _)) => {
+            error_response(Some(&key), &ApiError::Internal(format!("encoding: {e}")))
+        }
+        Ok((None, _)) => error_response(Some(&key), &ApiError::FlagNotFound(key.clone())),
+        Err(e) => error_response(Some(&key), &e),
+    }
+}
+
+async fn bulk(
+    State(service): State<Service>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let ctx = match body
+        .map_err(|e| http::body_error(e, MAX_BODY))
+        .and_then(|b| context_of(&b))
+    {
+        Ok(ctx) => ctx,
+        Err(e) => return error_response(None, &e),
+    };
+    let result = service.evaluate_with(&ctx, &[], &incoming(&headers), meta(&headers), |v| {
+        let etag = bulk_etag(v.snapshot.revision(), v.snapshot.content_hash(), &ctx);
+        let json = if http::if_none_match(&headers, &etag) {
+            None
+        } else {
+            Some(serde_json::to_vec(&Bulk(v)))
+        };
+        (etag, json, v.baggage.clone())
+    });
+    let (etag, json, baggage) = match result {
+        Ok(parts) => parts,
+        Err(e) => return error_response(None, &e),
+    };
+    let etag = HeaderValue::try_from(etag).unwrap_or(HeaderValue::from_static("\"\""));
+    let mut res = match json {
+        None => StatusCode::NOT_MODIFIED.into_response(),
+        Some(Ok(json)) => json_response(StatusCode::OK, json),
+        Some(Err(e)) => return error_response(None, &ApiError::Internal(format!("encoding: {e}"))),
+    };
+    res.headers_mut().insert(header::ETAG, etag);
+    with_baggage(res, &baggage)
+}
