@@ -240,6 +240,16 @@ fn resolve(c: &mut Criterion, ctxs: &[Context]) {
             split.resolve(black_box("prefetch"), black_box(ctx))
         });
     });
+    // The same flag through a handle looked up once (`Snapshot::flag_id`): no key hashing.
+    let id = split.flag_id("prefetch").expect("flag exists");
+    g.bench_function("one_flag_5050_by_id", |b| {
+        let mut i = 0usize;
+        b.iter(|| {
+            let ctx = &ctxs[i & MASK];
+            i = i.wrapping_add(1);
+            split.resolve_id(black_box(id), black_box(ctx))
+        });
+    });
     let eq = one_flag_experiment(Some(json!({ "country": { "eq": "SE" } })));
     g.bench_function("one_flag_eq_constraint", |b| {
         let mut i = 0usize;
@@ -261,8 +271,8 @@ fn resolve(c: &mut Criterion, ctxs: &[Context]) {
     g.finish();
 
     let mut g = c.benchmark_group("diag");
-    // Diagnostic, not a target: contexts holding only `targetingKey`, so the context lookup
-    // compares one key instead of walking six (the gap is `Context::get` on a BTreeMap).
+    // Diagnostic, not a target: contexts holding only `targetingKey` (smaller, so fewer cache
+    // misses reading them).
     let bare: Vec<Context> = ctxs
         .iter()
         .map(|c| Context::with_targeting_key(c.targeting_key().expect("contexts have a unit")))
@@ -273,6 +283,25 @@ fn resolve(c: &mut Criterion, ctxs: &[Context]) {
             let ctx = &bare[i & MASK];
             i = i.wrapping_add(1);
             split.resolve(black_box("prefetch"), black_box(ctx))
+        });
+    });
+    // Eight rotating contexts stay in L1, as a context parsed for the current request does; the
+    // 1,024-context benches also pay cache misses to read the caller's attributes.
+    g.bench_function("one_flag_5050_hot_contexts", |b| {
+        let mut i = 0usize;
+        b.iter(|| {
+            let ctx = &ctxs[i & 7];
+            i = i.wrapping_add(1);
+            split.resolve(black_box("prefetch"), black_box(ctx))
+        });
+    });
+    let id = split.flag_id("prefetch").expect("flag exists");
+    g.bench_function("one_flag_5050_hot_contexts_by_id", |b| {
+        let mut i = 0usize;
+        b.iter(|| {
+            let ctx = &ctxs[i & 7];
+            i = i.wrapping_add(1);
+            split.resolve_id(black_box(id), black_box(ctx))
         });
     });
     g.finish();

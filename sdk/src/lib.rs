@@ -51,4 +51,7 @@ pub use condition::MAX_DEPTH;
 pub use config::{Config, FlagType};
 pub use context::{Context, TARGETING_KEY, UnitError};
 pub use error::{ConfigError, ConfigErrors, ErrorKind};
-pub use snapshot::{Allocation, Assignment, ErrorCode, FlagNotFound, Reason, Resolution, Snapshot};
+pub use snapshot::{
+    Allocation, Assignment, ErrorCode, FlagId, FlagNotFound, Reason, Resolution, Snapshot,
+    StaleFlagId,
+};

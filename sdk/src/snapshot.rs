@@ -204,6 +204,19 @@ pub struct Resolution<'s> {
     pub assignment: Option<Assignment<'s>>,
 }
 
+/// A flag of one snapshot's config, looked up once ([`Snapshot::flag_id`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlagId {
+    index: u32,
+    /// Content hash of the config the index belongs to.
+    config: u64,
+}
+
+/// `resolve_id` with a handle from a snapshot of another config: look the key up again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("flag handle belongs to another config; look the flag up again")]
+pub struct StaleFlagId(pub FlagId);
+
 /// `resolve` of a key the snapshot does not have.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("flag `{0}` not found")]
@@ -316,11 +329,38 @@ impl Snapshot {
 
     /// The value of flag `key` for the context.
     pub fn resolve<'s>(&'s self, key: &str, ctx: &Context) -> Result<Resolution<'s>, FlagNotFound> {
-        let Some(flag) = self.flag(key) else {
-            return Err(FlagNotFound(key.to_owned()));
-        };
+        match self.flag(key) {
+            Some(flag) => Ok(self.resolve_flag(flag, ctx)),
+            None => Err(FlagNotFound(key.to_owned())),
+        }
+    }
+
+    /// A handle to flag `key` in this snapshot, for callers that resolve the same flag often:
+    /// [`Snapshot::resolve_id`] then skips the key lookup.
+    pub fn flag_id(&self, key: &str) -> Option<FlagId> {
+        let flag = self.flag(key)?;
+        Some(FlagId {
+            index: flag.index,
+            config: self.content_hash,
+        })
+    }
+
+    /// [`Snapshot::resolve`] by handle. A handle made by a snapshot of another config is
+    /// rejected (`StaleFlagId`), never read as some other flag.
+    pub fn resolve_id<'s>(
+        &'s self,
+        id: FlagId,
+        ctx: &Context,
+    ) -> Result<Resolution<'s>, StaleFlagId> {
+        match self.flags.get(id.index as usize) {
+            Some(flag) if id.config == self.content_hash => Ok(self.resolve_flag(flag, ctx)),
+            _ => Err(StaleFlagId(id)),
+        }
+    }
+
+    fn resolve_flag<'s>(&'s self, flag: &'s Flag, ctx: &Context) -> Resolution<'s> {
         if !flag.enabled {
-            return Ok(flag.default_resolution(Reason::Disabled));
+            return flag.default_resolution(Reason::Disabled);
         }
         let mut hit = None;
         if let Some(li) = flag.layer
@@ -333,11 +373,11 @@ impl Snapshot {
                     .is_some_and(|h| h.contains_unit(self.unit_of(h.unit, ctx)))
             });
             if held {
-                return Ok(flag.default_resolution(Reason::Default));
+                return flag.default_resolution(Reason::Default);
             }
             hit = self.assign(li, layer, unit, ctx);
         }
-        Ok(self.finish(flag, hit, ctx, |u| self.unit_of(u, ctx)))
+        self.finish(flag, hit, ctx, |u| self.unit_of(u, ctx))
     }
 
     /// Every flag's value for the context, in config order.

@@ -1,0 +1,64 @@
+//! Flag handles: `resolve_id` answers exactly as `resolve`, works across recompiles of the same
+//! document, and refuses a handle from another config instead of reading another flag.
+
+use allot::{Context, compile_str};
+
+const CONFIG: &str = r#"
+layers: [{ id: home }]
+experiments:
+  - id: prefetch-test
+    layer: home
+    ranges: ["0..6000"]
+    cells:
+      - { id: control,   flags: { prefetch: "off" } }
+      - { id: treatment, flags: { prefetch: "on" } }
+flags:
+  - key: prefetch
+    type: bool
+    variants: { "on": true, "off": false }
+    default: "off"
+    rules: [ { when: { platform: tv }, variant: "on" } ]
+  - key: theme
+    type: string
+    variants: { dark: dark, light: light }
+    default: light
+    rules: [ { rollout: { split: [ { variant: dark, weight: 1 }, { variant: light, weight: 3 } ] } } ]
+"#;
+
+#[test]
+fn resolve_id_equals_resolve() {
+    let snapshot = compile_str(CONFIG, 1).unwrap();
+    for key in ["prefetch", "theme"] {
+        let id = snapshot.flag_id(key).unwrap();
+        for i in 0..2_000 {
+            let mut ctx = Context::with_targeting_key(format!("member-{i}"));
+            if i % 3 == 0 {
+                ctx.insert("platform", "tv");
+            }
+            assert_eq!(
+                snapshot.resolve_id(id, &ctx).unwrap(),
+                snapshot.resolve(key, &ctx).unwrap()
+            );
+        }
+    }
+    assert_eq!(snapshot.flag_id("missing"), None);
+}
+
+#[test]
+fn handles_survive_recompiles_of_the_same_document_only() {
+    let first = compile_str(CONFIG, 1).unwrap();
+    let id = first.flag_id("theme").unwrap();
+    let ctx = Context::with_targeting_key("member-7");
+
+    let same = compile_str(CONFIG, 2).unwrap();
+    assert_eq!(
+        same.resolve_id(id, &ctx).unwrap(),
+        same.resolve("theme", &ctx).unwrap()
+    );
+
+    // Another document (here `prefetch` renamed): the old handle is refused, a fresh one works.
+    let other = compile_str(&CONFIG.replace("prefetch", "preload"), 3).unwrap();
+    assert!(other.resolve_id(id, &ctx).is_err());
+    let fresh = other.flag_id("theme").unwrap();
+    assert_eq!(other.resolve_id(fresh, &ctx).unwrap().key, "theme");
+}
