@@ -340,6 +340,15 @@ fn benches(c: &mut Criterion) {
             allot_server::http::context_of(v).expect("a context")
         });
     });
+    // The same decode as the handler does it now: straight into the `Context`.
+    g.bench_function("json_decode_context_typed", |b| {
+        let mut i = 0usize;
+        b.iter(|| {
+            let body = &bodies[i & MASK];
+            i = i.wrapping_add(1);
+            allot_server::http::allocate_context(black_box(body)).expect("a context")
+        });
+    });
     // Allocation + flag resolution + stamp, without serializing the view.
     g.bench_function("service_allocate_demo_no_encode", |b| {
         let mut i = 0usize;
@@ -363,6 +372,19 @@ fn benches(c: &mut Criterion) {
                     let mut out = Vec::with_capacity(4096);
                     serde_json::to_writer(&mut out, view).map(|()| out)
                 })
+                .expect("allocates")
+                .expect("serializes")
+        });
+    });
+    // The view written as the handler writes it now: `Service::encode`, from the fragments
+    // rendered once per revision (`allot_server::render`).
+    g.bench_function("service_allocate_demo_render", |b| {
+        let mut i = 0usize;
+        b.iter(|| {
+            let ctx = &ctxs[i & MASK];
+            i = i.wrapping_add(1);
+            service
+                .allocate(black_box(ctx), &[], &[], |view| service.encode(view))
                 .expect("allocates")
                 .expect("serializes")
         });

@@ -62,7 +62,7 @@ fn allocate_inner(
 ) -> Result<Response, ApiError> {
     require_json(headers)?;
     let bytes = body.map_err(|e| body_error(e, MAX_BODY))?;
-    let context = context_of(parse_json(&bytes)?)?;
+    let context = allocate_context(&bytes)?;
     let incoming: Vec<&str> = headers
         .get_all(BAGGAGE)
         .iter()
@@ -70,11 +70,10 @@ fn allocate_inner(
         .collect();
     let meta = RequestMeta::http(headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()));
     let (json, baggage) = service.allocate_with(&context, &[], &incoming, meta, |view| {
-        (serde_json::to_vec(view), view.baggage.clone())
+        (service.encode(view), HeaderValue::from_str(&view.baggage))
     })?;
     let json = json.map_err(|e| ApiError::Internal(format!("encoding response: {e}")))?;
-    let baggage = HeaderValue::try_from(baggage)
-        .map_err(|e| ApiError::Internal(format!("baggage header: {e}")))?;
+    let baggage = baggage.map_err(|e| ApiError::Internal(format!("baggage header: {e}")))?;
     Ok((
         [
             (
@@ -86,6 +85,12 @@ fn allocate_inner(
         json,
     )
         .into_response())
+}
+
+/// The context of a `/v1/allocate` body: [`parse_json`] then [`context_of`], with the same
+/// errors, decoded straight into the [`Context`] (no intermediate [`Value`] maps).
+pub fn allocate_context(body: &[u8]) -> Result<Context, ApiError> {
+    parse_json::<AllocateBody>(body)?.into_context()
 }
 
 /// The `context` object of a `{"context": {...}}` body.
@@ -105,6 +110,156 @@ pub fn context_of(body: Value) -> Result<Context, ApiError> {
             "`context` must be a JSON object, not {}",
             kind(&other)
         ))),
+    }
+}
+
+/// A decoded `/v1/allocate` body: what [`context_of`] of the body's [`Value`] would see, decoded
+/// without building the top-level object or the context's map. Every value is still parsed as a
+/// [`Value`] would be (so the errors are the same), and the last of repeated keys wins.
+enum AllocateBody {
+    /// The body is not an object: its [`kind`].
+    NotObject(&'static str),
+    /// The body is an object without `context`, or with a `null` one.
+    NoContext,
+    /// `context` is not an object: its [`kind`].
+    NotContext(&'static str),
+    /// The context.
+    Context(Context),
+}
+
+/// The value of the body's `context` member.
+enum ContextField {
+    Null,
+    Object(Context),
+    Other(&'static str),
+}
+
+impl AllocateBody {
+    fn into_context(self) -> Result<Context, ApiError> {
+        match self {
+            AllocateBody::NotObject(kind) => Err(ApiError::Parse(format!(
+                "request body must be a JSON object with a `context` object, not {kind}"
+            ))),
+            AllocateBody::NoContext => Err(ApiError::InvalidContext(
+                "request body has no `context` object".to_owned(),
+            )),
+            AllocateBody::NotContext(kind) => Err(ApiError::InvalidContext(format!(
+                "`context` must be a JSON object, not {kind}"
+            ))),
+            AllocateBody::Context(ctx) => Ok(ctx),
+        }
+    }
+}
+
+/// Visits any JSON value: `map` decides what an object becomes, anything else is its [`kind`]
+/// (arrays are drained as [`Value`]s so they fail exactly where a `Value` would).
+macro_rules! visit_non_objects {
+    ($out:ty, $other:expr, $null:expr) => {
+        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<$out, E> {
+            Ok($other("a boolean"))
+        }
+        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<$out, E> {
+            Ok($other("a number"))
+        }
+        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<$out, E> {
+            Ok($other("a number"))
+        }
+        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<$out, E> {
+            Ok($other("a number"))
+        }
+        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<$out, E> {
+            Ok($other("a string"))
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<$out, E> {
+            Ok($null)
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<$out, E> {
+            Ok($null)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<$out, A::Error> {
+            while seq.next_element::<Value>()?.is_some() {}
+            Ok($other("an array"))
+        }
+    };
+}
+
+impl<'de> serde::Deserialize<'de> for AllocateBody {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Top;
+        impl<'de> serde::de::Visitor<'de> for Top {
+            type Value = AllocateBody;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            visit_non_objects!(
+                AllocateBody,
+                AllocateBody::NotObject,
+                AllocateBody::NotObject("null")
+            );
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<AllocateBody, A::Error> {
+                let mut context = ContextField::Null;
+                while let Some(is_context) = map.next_key::<IsContext>()? {
+                    if is_context.0 {
+                        context = map.next_value::<ContextField>()?;
+                    } else {
+                        map.next_value::<Value>()?;
+                    }
+                }
+                Ok(match context {
+                    ContextField::Null => AllocateBody::NoContext,
+                    ContextField::Object(ctx) => AllocateBody::Context(ctx),
+                    ContextField::Other(kind) => AllocateBody::NotContext(kind),
+                })
+            }
+        }
+        d.deserialize_any(Top)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ContextField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Field;
+        impl<'de> serde::de::Visitor<'de> for Field {
+            type Value = ContextField;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            visit_non_objects!(ContextField, ContextField::Other, ContextField::Null);
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ContextField, A::Error> {
+                let mut attrs: Vec<(Box<str>, Value)> = Vec::with_capacity(8);
+                while let Some((key, value)) = map.next_entry::<String, Value>()? {
+                    attrs.push((key.into_boxed_str(), value));
+                }
+                // Sorted by key, the last of repeated keys kept: as from a JSON object.
+                Ok(ContextField::Object(attrs.into_iter().collect()))
+            }
+        }
+        d.deserialize_any(Field)
+    }
+}
+
+/// Whether an object key is `context` (compared in place, no allocation).
+struct IsContext(bool);
+
+impl<'de> serde::Deserialize<'de> for IsContext {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Key;
+        impl serde::de::Visitor<'_> for Key {
+            type Value = IsContext;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<IsContext, E> {
+                Ok(IsContext(v == "context"))
+            }
+        }
+        d.deserialize_str(Key)
     }
 }
 
@@ -184,28 +339,37 @@ pub fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
 
 /// 415 unless `Content-Type` is `application/json` or a `+json` type (parameters allowed).
 pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
-    let found = headers
-        .get(header::CONTENT_TYPE)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    let ok = found.as_deref().is_some_and(|ct| {
-        let essence = ct.split(';').next().unwrap_or("").trim();
-        essence.eq_ignore_ascii_case("application/json")
-            || (essence.len() > 5
-                && essence
-                    .get(essence.len() - 5..)
-                    .is_some_and(|s| s.eq_ignore_ascii_case("+json"))
-                && essence
-                    .get(..12)
-                    .is_some_and(|s| s.eq_ignore_ascii_case("application/")))
-    });
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Err(ApiError::UnsupportedMediaType(
+            "Content-Type must be application/json (the header is missing)".to_owned(),
+        ));
+    };
+    // Valid UTF-8 (every real client) is checked in place; anything else as its lossy decoding.
+    let ok = match std::str::from_utf8(value.as_bytes()) {
+        Ok(ct) => is_json_type(ct),
+        Err(_) => is_json_type(&String::from_utf8_lossy(value.as_bytes())),
+    };
     if ok {
         Ok(())
     } else {
-        Err(ApiError::UnsupportedMediaType(match found {
-            Some(ct) => format!("Content-Type must be application/json, not `{ct}`"),
-            None => "Content-Type must be application/json (the header is missing)".to_owned(),
-        }))
+        Err(ApiError::UnsupportedMediaType(format!(
+            "Content-Type must be application/json, not `{}`",
+            String::from_utf8_lossy(value.as_bytes())
+        )))
     }
+}
+
+/// Whether a media type (parameters allowed) is `application/json` or `application/*+json`.
+fn is_json_type(ct: &str) -> bool {
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/json")
+        || (essence.len() > 5
+            && essence
+                .get(essence.len() - 5..)
+                .is_some_and(|s| s.eq_ignore_ascii_case("+json"))
+            && essence
+                .get(..12)
+                .is_some_and(|s| s.eq_ignore_ascii_case("application/")))
 }
 
 /// A body that could not be buffered: 413 past `limit`, else 400.
@@ -236,7 +400,7 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Api
 
 /// Counts each request and its latency under its route (a static label, no allocation).
 pub async fn track(State(service): State<Service>, req: Request<Body>, next: Next) -> Response {
-    let Some(metrics) = service.metrics().cloned() else {
+    let Some(metrics) = service.metrics() else {
         return next.run(req).await;
     };
     let endpoint = endpoint_label(req.extensions().get::<MatchedPath>());
@@ -263,5 +427,75 @@ pub fn endpoint_label(path: Option<&MatchedPath>) -> &'static str {
         Some("/readyz") => "/readyz",
         Some("/metrics") => "/metrics",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The typed decode against the reference (`Value`, then [`context_of`]).
+    fn same(body: &[u8]) {
+        let fast = parse_json::<AllocateBody>(body).and_then(AllocateBody::into_context);
+        let reference = parse_json::<Value>(body).and_then(context_of);
+        assert_eq!(
+            format!("{fast:?}"),
+            format!("{reference:?}"),
+            "{:?}",
+            String::from_utf8_lossy(body)
+        );
+    }
+
+    #[test]
+    fn typed_decode_matches_value_decode() {
+        let seeds: [&[u8]; 22] = [
+            br#"{"context":{"targetingKey":"u","device_id":"d","n":1.5,"o":{"a":[1,null]}}}"#,
+            br#"{"context":{"b":1,"a":2,"b":3},"x":[1e400]}"#,
+            br#"{"x":[1e400],"context":{"targetingKey":"u"}}"#,
+            br#"[1e400]"#,
+            br#"[1, {"a": tru}]"#,
+            br#"{"context":{"targetingKey":"u"},"context":{}}"#,
+            br#"{"context":{"targetingKey":"u"},"context":null}"#,
+            br#"{"context":null,"context":{"k":"v"}}"#,
+            br#"{"cont\u0065xt":{"k":"v"}}"#,
+            br#"{"context":[1,2]}"#,
+            br#"{"context":"s"}"#,
+            br#"{"context":true}"#,
+            br#"{"context":-1}"#,
+            br#"{"context":18446744073709551616}"#,
+            b"null",
+            b"\"str\"",
+            b"42",
+            b"false",
+            b"",
+            b"  \n",
+            b"{} x",
+            b"\xff\xfe\x00{",
+        ];
+        for seed in seeds {
+            same(seed);
+        }
+        let mut deep = vec![b'['; 200];
+        deep.extend_from_slice(&[b']'; 200]);
+        same(&deep);
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for i in 0..20_000 {
+            let mut body = seeds[i % 8].to_vec();
+            for _ in 0..(1 + x % 3) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                if body.is_empty() {
+                    break;
+                }
+                let at = (x as usize >> 3) % body.len();
+                match x % 3 {
+                    0 => body[at] = b"{}[]\",:\\u0e1-n "[(x as usize >> 20) % 15],
+                    1 => body.truncate(at),
+                    _ => body.insert(at, b"{}[]\",:\\u0e1-n "[(x as usize >> 20) % 15]),
+                }
+            }
+            same(&body);
+        }
     }
 }

@@ -13,6 +13,7 @@ pub mod http;
 pub mod log;
 pub mod metrics;
 pub mod ofrep;
+pub mod render;
 pub mod service;
 pub mod settings;
 pub mod source;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use allot::{Allocation, Snapshot};
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -67,6 +67,20 @@ pub struct Metrics {
     log_dropped: Counter,
     persist_failures: Counter,
     table: ArcSwapOption<AllocTable>,
+    /// Request counter and histogram handles already resolved, by label set (at most
+    /// [`HOT_LIMIT`]), so a request neither hashes its labels nor takes the family locks.
+    hot: ArcSwap<Vec<HotRequest>>,
+}
+
+/// Most label sets kept in [`Metrics::observe_request`]'s handle cache.
+const HOT_LIMIT: usize = 64;
+
+/// The request counter and latency histogram of one label set (handles share the families').
+#[derive(Clone)]
+struct HotRequest {
+    labels: RequestLabels,
+    requests: Counter,
+    latency: Histogram,
 }
 
 /// Allocation counters of one config revision, resolved once: experiment → [(cell, counter)].
@@ -144,6 +158,7 @@ impl Metrics {
             log_dropped,
             persist_failures,
             table: ArcSwapOption::empty(),
+            hot: ArcSwap::from_pointee(Vec::new()),
         })
     }
 
@@ -164,10 +179,28 @@ impl Metrics {
             endpoint,
             status,
         };
-        self.requests.get_or_create(&labels).inc();
-        self.latency
-            .get_or_create(&labels)
-            .observe(elapsed.as_secs_f64());
+        let secs = elapsed.as_secs_f64();
+        if let Some(hot) = self.hot.load().iter().find(|h| h.labels == labels) {
+            hot.requests.inc();
+            hot.latency.observe(secs);
+            return;
+        }
+        let hot = HotRequest {
+            requests: self.requests.get_or_create(&labels).clone(),
+            latency: self.latency.get_or_create(&labels).clone(),
+            labels,
+        };
+        hot.requests.inc();
+        hot.latency.observe(secs);
+        if self.hot.load().len() < HOT_LIMIT {
+            self.hot.rcu(|list| {
+                let mut list = Vec::clone(list);
+                if !list.iter().any(|h| h.labels == hot.labels) {
+                    list.push(hot.clone());
+                }
+                list
+            });
+        }
     }
 
     /// Counts the unit's experiment cells.

@@ -7,12 +7,14 @@
 use std::sync::Arc;
 
 use allot::{Allocation, Context, Reason, Resolution, Snapshot, stamp};
+use arc_swap::ArcSwapOption;
 use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
 
 use crate::error::ApiError;
 use crate::log::AssignmentLog;
 use crate::metrics::{Metrics, Transport};
+use crate::render::{self, RenderCache};
 use crate::state::ConfigStore;
 use crate::trace::{ServerSpan, TraceParent};
 
@@ -41,6 +43,8 @@ pub struct Service {
     limits: Limits,
     metrics: Option<Arc<Metrics>>,
     log: Option<Arc<AssignmentLog>>,
+    /// JSON fragments of the last config a response was encoded for ([`Service::encode`]).
+    render: Arc<ArcSwapOption<RenderCache>>,
 }
 
 /// What a transport knows about a request besides its payload.
@@ -77,6 +81,7 @@ impl Service {
             limits,
             metrics: None,
             log: None,
+            render: Arc::new(ArcSwapOption::empty()),
         }
     }
 
@@ -105,6 +110,23 @@ impl Service {
     /// The limits in force.
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// The native JSON response of `view`: the bytes of `serde_json::to_vec(view)`, written
+    /// from fragments rendered once per config revision ([`crate::render`]).
+    pub fn encode(&self, view: &AllocateView<'_>) -> serde_json::Result<Vec<u8>> {
+        let guard = self.render.load();
+        if let Some(cache) = &*guard
+            && cache.is_for(view.snapshot)
+        {
+            return render::encode(view, cache);
+        }
+        drop(guard);
+        // First response on a new revision: render its fragments once. Racing builders
+        // produce equal caches.
+        let cache = Arc::new(RenderCache::new(view.snapshot)?);
+        self.render.store(Some(cache.clone()));
+        render::encode(view, &cache)
     }
 
     /// Allocates the context in every layer and resolves every flag (or only `keys` if not
