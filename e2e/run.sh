@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# End-to-end tests of allot-server with third-party OpenFeature clients (Python).
+# End-to-end tests of allot-server with third-party OpenFeature clients (Python), and of the
+# SDK tower layer's baggage header with Python OpenTelemetry (test_baggage.py).
 # Usage: bash e2e/run.sh   (after `cargo build -p allot-server`)
 # ALLOT_SERVER_BIN overrides the server binary (default: target/debug/allot-server).
 set -euo pipefail
@@ -9,6 +10,11 @@ export ALLOT_SERVER_BIN="${ALLOT_SERVER_BIN:-$repo/target/debug/allot-server}"
 if [[ ! -x "$ALLOT_SERVER_BIN" ]]; then
     echo "e2e: server binary $ALLOT_SERVER_BIN not found; run cargo build -p allot-server" >&2
     exit 2
+fi
+# The Rust side of test_baggage.py: the header allot's tower layer sends.
+if [[ -z "${ALLOT_PRINT_BAGGAGE_BIN:-}" ]]; then
+    (cd "$repo" && cargo build -q -p allot --example print_baggage --features tower)
+    export ALLOT_PRINT_BAGGAGE_BIN="$repo/target/debug/examples/print_baggage"
 fi
 venv="$here/.venv"
 if [[ ! -x "$venv/bin/python" ]]; then

@@ -37,15 +37,23 @@
 )]
 
 pub mod bucket;
+#[cfg(feature = "client")]
+pub mod client;
 mod compile;
 mod condition;
 pub mod config;
 mod context;
 mod error;
 pub mod id;
+#[cfg(feature = "otel")]
+pub mod propagation;
 mod snapshot;
 pub mod stamp;
+#[cfg(feature = "tower")]
+pub mod tower;
 
+#[cfg(feature = "client")]
+pub use client::Client;
 pub use compile::{MAX_BUCKETS, compile, compile_str};
 pub use condition::MAX_DEPTH;
 pub use config::{Config, FlagType};

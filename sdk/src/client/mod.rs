@@ -1,0 +1,445 @@
+//! An embedded engine that follows an allot server (feature `client`).
+//!
+//! A [`Client`] answers `allocate`/`resolve` in process, from a compiled [`Snapshot`] held in an
+//! `ArcSwapOption`, and keeps that snapshot in sync with a server in a background task:
+//!
+//! - gRPC `WatchConfig` (server push), resuming from the held revision and content hash;
+//! - if that stream cannot be established (an HTTP-only URL, `UNIMPLEMENTED`, ...), polling
+//!   `GET /v1/config` with `If-None-Match` (every second by default), retrying gRPC now and then;
+//! - reconnecting with jittered exponential backoff (100 ms doubling to 5 s, ±20%).
+//!
+//! The client adopts the server's revision numbers, so its stamps equal the server's. A config
+//! that does not parse or compile is logged and dropped: the last good snapshot keeps serving,
+//! also while the server is unreachable. A client can start from a local file
+//! ([`ClientBuilder::bootstrap_file`]) or from the last config it accepted
+//! ([`ClientBuilder::cache_dir`]), so a service boots when the server is down.
+//!
+//! Answers are pure functions of (snapshot, context), computed by the same engine as the
+//! server's: the client never re-implements any of it. This module owns I/O only.
+
+mod cache;
+mod follow;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::snapshot::{Assignment, ErrorCode, Reason, Resolution};
+use crate::{Config, ConfigErrors, Context, FlagNotFound, FlagType, Snapshot, stamp};
+
+/// Default interval of `GET /v1/config` polling.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why a client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// `connect` was called outside a tokio runtime.
+    #[error("allot client: connect() needs a tokio runtime")]
+    NoRuntime,
+    /// The bootstrap file could not be read.
+    #[error("allot client: reading bootstrap file {path}: {source}")]
+    BootstrapRead {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The bootstrap document is not a valid config.
+    #[error("allot client: bootstrap config is invalid: {0}")]
+    BootstrapInvalid(ConfigErrors),
+}
+
+/// No config yet: neither a bootstrap, a cache nor the server has provided one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("allot client: no config loaded yet")]
+pub struct NotReady;
+
+/// Why a client-side `resolve` failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    /// No config yet.
+    #[error(transparent)]
+    NotReady(#[from] NotReady),
+    /// The serving config has no such flag.
+    #[error(transparent)]
+    FlagNotFound(#[from] FlagNotFound),
+}
+
+/// An experiment assignment, owned (it outlives the snapshot it was computed on).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Assigned {
+    /// Layer id.
+    pub layer: String,
+    /// Experiment id.
+    pub experiment: String,
+    /// Cell id.
+    pub cell: String,
+    /// The unit's bucket in the layer.
+    pub bucket: u32,
+}
+
+/// Everything a unit is allocated to, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocated {
+    /// The revision the allocation was made under.
+    pub revision: u64,
+    /// One assignment per layer the unit is in an experiment of, in layer order.
+    pub assignments: Vec<Assigned>,
+    /// Holdouts the unit is held out by.
+    pub holdouts: Vec<String>,
+    /// The trace stamp value `1.<revision>.<exp>~<cell>…` (DESIGN §6), for
+    /// [`crate::stamp::merge`], the `tower` layer or the `otel` helper.
+    pub stamp: String,
+}
+
+/// The value of one flag for one context, owned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    /// The revision it was resolved under.
+    pub revision: u64,
+    /// Flag key.
+    pub key: String,
+    /// Flag type.
+    pub kind: FlagType,
+    /// The value served.
+    pub value: Value,
+    /// The variant served.
+    pub variant: String,
+    /// Why.
+    pub reason: Reason,
+    /// Set when `reason` is [`Reason::Error`].
+    pub error: Option<ErrorCode>,
+    /// The experiment cell that selected the variant, if one did.
+    pub assignment: Option<Assigned>,
+}
+
+/// The embedded engine plus its sync task. Cheap to clone; the background task stops when the
+/// last clone is dropped.
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+    _task: Arc<TaskGuard>,
+}
+
+/// Configures a [`Client`]; see [`Client::builder`].
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    url: String,
+    grpc: Option<String>,
+    http: Option<String>,
+    poll_interval: Duration,
+    bootstrap: Option<Bootstrap>,
+    cache_dir: Option<PathBuf>,
+    stamp_budget: usize,
+}
+
+#[derive(Debug, Clone)]
+enum Bootstrap {
+    File(PathBuf),
+    Text(String),
+}
+
+/// State shared by the client handles and the sync task.
+struct Shared {
+    current: ArcSwapOption<Snapshot>,
+    revisions: watch::Sender<Option<u64>>,
+    cache_dir: Option<PathBuf>,
+    stamp_budget: usize,
+}
+
+/// Aborts the sync task when the last [`Client`] goes away.
+struct TaskGuard(tokio::task::AbortHandle);
+
+// === impl Client ===
+
+impl Client {
+    /// A builder following the server at `url` (e.g. `http://allot:8013`): gRPC `WatchConfig`
+    /// there, and `GET <url>/v1/config` polling if the stream cannot be established. Use
+    /// [`ClientBuilder::grpc`] / [`ClientBuilder::http`] when the ports differ.
+    pub fn builder(url: impl Into<String>) -> ClientBuilder {
+        ClientBuilder {
+            url: url.into(),
+            grpc: None,
+            http: None,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            bootstrap: None,
+            cache_dir: None,
+            stamp_budget: stamp::DEFAULT_BUDGET,
+        }
+    }
+
+    /// Whether a config is loaded (from bootstrap, cache or server).
+    pub fn is_ready(&self) -> bool {
+        self.shared.current.load().is_some()
+    }
+
+    /// The serving revision, if any.
+    pub fn revision(&self) -> Option<u64> {
+        self.shared.current.load().as_ref().map(|s| s.revision())
+    }
+
+    /// Waits up to `timeout` for a config; returns whether one is loaded.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let mut rx = self.subscribe();
+        matches!(
+            tokio::time::timeout(timeout, rx.wait_for(Option::is_some)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// The serving snapshot, to hold across several calls (one config for a whole request).
+    pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.shared.current.load_full()
+    }
+
+    /// A receiver of the serving revision: `None` until a config is loaded, then every accepted
+    /// revision (coalesced: a slow reader sees the latest).
+    pub fn subscribe(&self) -> watch::Receiver<Option<u64>> {
+        self.shared.revisions.subscribe()
+    }
+
+    /// Runs `f` on the serving snapshot without copying anything out of it (no refcount
+    /// traffic either); `None` before the first config.
+    #[inline]
+    pub fn with_snapshot<R>(&self, f: impl FnOnce(&Snapshot) -> R) -> Option<R> {
+        self.shared.current.load().as_deref().map(f)
+    }
+
+    /// Allocates `ctx` in every layer (see [`Snapshot::allocate`]), with its stamp.
+    pub fn allocate(&self, ctx: &Context) -> Result<Allocated, NotReady> {
+        let budget = self.shared.stamp_budget;
+        self.with_snapshot(|s| {
+            let a = s.allocate(ctx);
+            Allocated {
+                revision: s.revision(),
+                assignments: a.assignments().iter().map(Assigned::from).collect(),
+                holdouts: a.holdouts().iter().map(|h| (*h).to_owned()).collect(),
+                stamp: stamp::stamp(s.revision(), &a, budget),
+            }
+        })
+        .ok_or(NotReady)
+    }
+
+    /// Resolves flag `key` for `ctx` (see [`Snapshot::resolve`]).
+    pub fn resolve(&self, key: &str, ctx: &Context) -> Result<Resolved, ResolveError> {
+        self.with_snapshot(|s| {
+            s.resolve(key, ctx)
+                .map(|r| Resolved::new(s.revision(), &r))
+                .map_err(ResolveError::from)
+        })
+        .ok_or(NotReady)?
+    }
+
+    /// Resolves every flag for `ctx`, in config order (see [`Snapshot::resolve_all`]).
+    pub fn resolve_all(&self, ctx: &Context) -> Result<Vec<Resolved>, NotReady> {
+        self.with_snapshot(|s| {
+            let rev = s.revision();
+            s.resolve_all(ctx)
+                .iter()
+                .map(|r| Resolved::new(rev, r))
+                .collect()
+        })
+        .ok_or(NotReady)
+    }
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("revision", &self.revision())
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl ClientBuilder ===
+
+impl ClientBuilder {
+    /// The gRPC endpoint for `WatchConfig` (default: the builder's URL).
+    pub fn grpc(mut self, url: impl Into<String>) -> Self {
+        self.grpc = Some(url.into());
+        self
+    }
+
+    /// The HTTP base URL for `GET /v1/config` polling (default: the builder's URL).
+    pub fn http(mut self, url: impl Into<String>) -> Self {
+        self.http = Some(url.into());
+        self
+    }
+
+    /// How often to poll `GET /v1/config` when the gRPC stream is unavailable (default 1 s).
+    pub fn poll_interval(mut self, every: Duration) -> Self {
+        self.poll_interval = every;
+        self
+    }
+
+    /// Serves this file until the server answers: either a config document (YAML or JSON,
+    /// served as revision 0) or a saved `GET /v1/config` body (`{revision, content_hash,
+    /// config}`, served under its revision). Ignored when the cache holds a config.
+    pub fn bootstrap_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.bootstrap = Some(Bootstrap::File(path.into()));
+        self
+    }
+
+    /// [`ClientBuilder::bootstrap_file`] with the text in hand.
+    pub fn bootstrap_str(mut self, text: impl Into<String>) -> Self {
+        self.bootstrap = Some(Bootstrap::Text(text.into()));
+        self
+    }
+
+    /// Persists every accepted config under `dir` (atomically, as the server's JSON) and
+    /// starts from it, so a restart boots without the server.
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// Byte budget of the stamp (default [`stamp::DEFAULT_BUDGET`], as the server's).
+    pub fn stamp_budget(mut self, bytes: usize) -> Self {
+        self.stamp_budget = bytes;
+        self
+    }
+
+    /// Loads the cache or the bootstrap (synchronously, so the client is ready on return if
+    /// either holds a config) and starts following the server in a background task on the
+    /// current tokio runtime.
+    ///
+    /// Fails only on a bootstrap that cannot be read or compiled, or without a runtime; an
+    /// unreadable cache is logged and skipped.
+    pub fn connect(self) -> Result<Client, BuildError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
+        let initial = match self.cache_dir.as_deref().and_then(cache::load) {
+            Some(snapshot) => Some(snapshot),
+            None => match &self.bootstrap {
+                None => None,
+                Some(Bootstrap::Text(text)) => Some(bootstrap(text)?),
+                Some(Bootstrap::File(path)) => {
+                    let text = std::fs::read_to_string(path).map_err(|source| {
+                        BuildError::BootstrapRead {
+                            path: path.clone(),
+                            source,
+                        }
+                    })?;
+                    Some(bootstrap(&text)?)
+                }
+            },
+        };
+        let revision = initial.as_ref().map(|s| s.revision());
+        let (revisions, _) = watch::channel(revision);
+        let shared = Arc::new(Shared {
+            current: ArcSwapOption::new(initial.map(Arc::new)),
+            revisions,
+            cache_dir: self.cache_dir,
+            stamp_budget: self.stamp_budget,
+        });
+        let sources = follow::Sources {
+            grpc: self.grpc.unwrap_or_else(|| self.url.clone()),
+            http: self.http.unwrap_or(self.url),
+            poll_interval: self.poll_interval,
+        };
+        // The task holds only a weak reference, so dropping every `Client` ends it even
+        // while it is between two await points.
+        let task = runtime.spawn(follow::run(sources, Arc::downgrade(&shared)));
+        Ok(Client {
+            shared,
+            _task: Arc::new(TaskGuard(task.abort_handle())),
+        })
+    }
+}
+
+/// Compiles a bootstrap document: a saved `GET /v1/config` body keeps its revision; a plain
+/// config document is revision 0.
+fn bootstrap(text: &str) -> Result<Snapshot, BuildError> {
+    if let Some((revision, config)) = cache::parse_body(text) {
+        return crate::compile(&config, revision).map_err(BuildError::BootstrapInvalid);
+    }
+    let config = Config::parse(text).map_err(BuildError::BootstrapInvalid)?;
+    crate::compile(&config, 0).map_err(BuildError::BootstrapInvalid)
+}
+
+// === impl Shared ===
+
+impl Shared {
+    /// Compiles `config_json` under `revision` and makes it serving, unless it is what is
+    /// already serving. Returns whether the update was accepted (swapped or unchanged); a
+    /// rejected one is logged and leaves the serving snapshot alone. Blocking: call it from
+    /// `spawn_blocking`.
+    fn apply(&self, revision: u64, content_hash: &str, config_json: &str) -> bool {
+        let config = match Config::from_json(config_json) {
+            Ok(c) => c,
+            Err(error) => {
+                tracing::error!(revision, %error, "allot client: rejected config; keeping the serving one");
+                return false;
+            }
+        };
+        let hash = config.content_hash();
+        if format!("{hash:016x}") != content_hash {
+            // Not fatal: engine versions may differ; the document is what counts.
+            tracing::warn!(revision, server_hash = %content_hash, local_hash = %format!("{hash:016x}"),
+                "allot client: content hash differs from the parsed document's");
+        }
+        if let Some(cur) = self.current.load().as_ref()
+            && cur.revision() == revision
+            && cur.content_hash() == hash
+        {
+            return true;
+        }
+        let snapshot = match crate::compile(&config, revision) {
+            Ok(s) => Arc::new(s),
+            Err(error) => {
+                tracing::error!(revision, %error, "allot client: rejected config; keeping the serving one");
+                return false;
+            }
+        };
+        if let Some(dir) = &self.cache_dir
+            && let Err(error) = cache::store(dir, &snapshot)
+        {
+            tracing::warn!(dir = %dir.display(), %error, "allot client: could not persist the config");
+        }
+        self.current.store(Some(snapshot));
+        self.revisions.send_replace(Some(revision));
+        tracing::info!(revision, "allot client: applied config");
+        true
+    }
+}
+
+// === impl TaskGuard ===
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+// === impl Assigned ===
+
+impl From<&Assignment<'_>> for Assigned {
+    fn from(a: &Assignment<'_>) -> Self {
+        Self {
+            layer: a.layer.to_owned(),
+            experiment: a.experiment.to_owned(),
+            cell: a.cell.to_owned(),
+            bucket: a.bucket,
+        }
+    }
+}
+
+// === impl Resolved ===
+
+impl Resolved {
+    fn new(revision: u64, r: &Resolution<'_>) -> Self {
+        Self {
+            revision,
+            key: r.key.to_owned(),
+            kind: r.kind,
+            value: r.value.clone(),
+            variant: r.variant.to_owned(),
+            reason: r.reason,
+            error: r.error,
+            assignment: r.assignment.as_ref().map(Assigned::from),
+        }
+    }
+}
