@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use allot::Config;
+use allot::client::Backoff;
 use allot_proto::allot::v1::allocator_client::AllocatorClient;
 use allot_proto::allot::v1::{ConfigUpdate, WatchConfigRequest};
 use tokio::sync::watch;
@@ -19,14 +20,8 @@ use crate::grpc::KNOWN_CONTENT_HASH;
 use crate::metrics::Metrics;
 use crate::state::{Applied, ApplyError, ConfigStore, Source};
 
-/// First reconnect delay.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-/// Longest reconnect delay.
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Largest `ConfigUpdate` accepted (tonic's default of 4 MiB is below what admin PUT takes).
 const MAX_UPDATE: usize = 64 << 20;
-/// Each delay is scaled by a random factor in `1 ± JITTER` so replicas do not reconnect in step.
-const JITTER: f64 = 0.2;
 
 /// Follows the upstream allot-server at `url` (e.g. `http://allot-primary:8013`), applying
 /// every config it streams to `store` under the upstream's revision, until `shutdown` becomes
@@ -154,52 +149,5 @@ async fn apply_update(url: &str, store: &Arc<ConfigStore>, update: ConfigUpdate)
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     if shutdown.wait_for(|stop| *stop).await.is_err() {
         std::future::pending::<()>().await;
-    }
-}
-
-/// Exponential reconnect delays with jitter.
-#[derive(Debug)]
-struct Backoff {
-    next: Duration,
-}
-
-// === impl Backoff ===
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self { next: BACKOFF_MIN }
-    }
-}
-
-impl Backoff {
-    /// The delay before the next attempt; doubles the one after, up to the cap.
-    fn next_delay(&mut self) -> Duration {
-        let base = self.next;
-        self.next = (self.next * 2).min(BACKOFF_MAX);
-        base.mul_f64(rand::random_range((1.0 - JITTER)..=(1.0 + JITTER)))
-    }
-
-    /// Back to the first delay, after a successful (re)connection.
-    fn reset(&mut self) {
-        self.next = BACKOFF_MIN;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_to_the_cap_with_bounded_jitter() {
-        let mut b = Backoff::default();
-        let mut base = BACKOFF_MIN;
-        for _ in 0..12 {
-            let d = b.next_delay();
-            assert!(d >= base.mul_f64(1.0 - JITTER) && d <= base.mul_f64(1.0 + JITTER));
-            base = (base * 2).min(BACKOFF_MAX);
-        }
-        assert_eq!(b.next, BACKOFF_MAX);
-        b.reset();
-        assert_eq!(b.next, BACKOFF_MIN);
     }
 }

@@ -260,9 +260,11 @@ async fn apply(shared: Arc<Shared>, revision: u64, hash: String, config_json: St
     }
 }
 
-/// Exponential reconnect delays with jitter.
+/// Exponential reconnect delays with jitter: 100 ms doubling to 5 s, each scaled by a random
+/// factor in `1 ± 0.2` so followers do not reconnect in step. Shared by the SDK client and the
+/// server's `--upstream` follower.
 #[derive(Debug)]
-struct Backoff {
+pub struct Backoff {
     next: Duration,
     /// Per-process random keys: the jitter source, without an RNG dependency.
     random: RandomState,
@@ -283,7 +285,7 @@ impl Default for Backoff {
 
 impl Backoff {
     /// The delay before the next attempt; doubles the one after, up to the cap.
-    fn next_delay(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         let base = self.next;
         self.next = (self.next * 2).min(BACKOFF_MAX);
         self.draws += 1;
@@ -293,7 +295,7 @@ impl Backoff {
     }
 
     /// Back to the first delay, after a successful (re)connection.
-    fn reset(&mut self) {
+    pub fn reset(&mut self) {
         self.next = BACKOFF_MIN;
     }
 }

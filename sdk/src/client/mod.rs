@@ -20,6 +20,8 @@
 mod cache;
 mod follow;
 
+pub use follow::Backoff;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
