@@ -495,8 +495,8 @@ fn contexts() -> impl Strategy<Value = Vec<Context>> {
 
 // === targets ===
 
-#[test]
-fn corpus_replays() {
+/// Replays the seed corpus; every generated run starts with it.
+fn replay_corpus() {
     let contexts = vec![
         Context::new(),
         Context::with_targeting_key("member-1")
@@ -529,6 +529,7 @@ fn seeds_are_valid() {
 
 #[test]
 fn mutated_configs_never_panic_and_explain_every_rejection() {
+    replay_corpus();
     let seeds = seeds();
     let mut runner = fuzz_support::runner(384, file!());
     let counts = [Cell::new(0u32), Cell::new(0u32), Cell::new(0u32)];

@@ -156,8 +156,8 @@ fn expected(ours: &str, headers: &[Vec<Member>]) -> String {
     out
 }
 
-#[test]
-fn merge_corpus() {
+/// Replays the seed corpus; every generated run starts with it.
+fn replay_corpus() {
     for (name, bytes) in fuzz_support::corpus("stamp") {
         let text = String::from_utf8_lossy(&bytes);
         let incoming: Vec<&str> = text.lines().collect();
@@ -172,6 +172,7 @@ fn merge_corpus() {
 
 #[test]
 fn merge_keeps_good_members_and_drops_the_rest() {
+    replay_corpus();
     let mut runner = fuzz_support::runner(300, file!());
     let forged_seen = Cell::new(0u32);
     let truncated = Cell::new(0u32);

@@ -495,8 +495,8 @@ fn runtime() -> tokio::runtime::Runtime {
 
 // === targets ===
 
-#[test]
-fn corpus_replays_on_every_endpoint() {
+/// Replays the seed corpus; every generated run starts with it.
+fn replay_corpus() {
     let rt = runtime();
     let router = allot_server::http::router(service(&store_with(CONFIG)));
     let mut outcomes = Vec::new();
@@ -523,9 +523,10 @@ fn corpus_replays_on_every_endpoint() {
 
 #[test]
 fn requests_never_fail_the_server() {
+    replay_corpus();
     let rt = runtime();
     let router = allot_server::http::router(service(&store_with(CONFIG)));
-    let mut runner = fuzz_support::runner(768, file!());
+    let mut runner = fuzz_support::runner(2_000, file!());
     let counts = [Cell::new(0u32), Cell::new(0u32), Cell::new(0u32)];
     runner
         .run(&input(), |input| {
