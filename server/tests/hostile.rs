@@ -780,12 +780,16 @@ async fn hostile_traffic_gets_specific_errors_while_a_probe_keeps_its_answers() 
     let expected = Arc::new(expected);
     let mut before = probe(http, expected.clone(), Arc::new(AtomicBool::new(true)), 200).await;
 
-    // The attack, twice over, with the probe running alongside.
+    // The attack, with the probe running alongside.
     let stop = Arc::new(AtomicBool::new(false));
     let during = tokio::spawn(probe(http, expected.clone(), stop.clone(), 50));
+    // Three attackers at once (two over HTTP, one over gRPC), twice.
     for _ in 0..2 {
-        http_attack(http, mgmt).await;
-        grpc_attack(&channel).await;
+        tokio::join!(
+            http_attack(http, mgmt),
+            http_attack(http, mgmt),
+            grpc_attack(&channel)
+        );
     }
     stop.store(true, Ordering::Relaxed);
     let mut during = tokio::time::timeout(TIMEOUT, during)
