@@ -374,6 +374,17 @@ async fn http_attack(addr: SocketAddr, mgmt: SocketAddr) {
         "{answer:?}"
     );
 
+    // A flag key that is not UTF-8 once percent-decoded (regression: axum's plain text).
+    let e = post(addr, "/ofrep/v1/evaluate/flags/%FF%FE", &[], PROBE)
+        .await
+        .ofrep_error(400, "PARSE_ERROR");
+    assert!(e.get("key").is_none(), "{e}");
+    // An unknown (but well-formed) key.
+    let e = post(addr, "/ofrep/v1/evaluate/flags/no.such-flag", &[], PROBE)
+        .await
+        .ofrep_error(404, "FLAG_NOT_FOUND");
+    assert_eq!(e["key"], "no.such-flag");
+
     // Wrong content types.
     let plain = b"POST /v1/allocate HTTP/1.1\r\nHost: allot\r\nContent-Type: text/plain";
     raw(addr, plain, PROBE.into())
