@@ -526,7 +526,7 @@ fn requests_never_fail_the_server() {
     replay_corpus();
     let rt = runtime();
     let router = allot_server::http::router(service(&store_with(CONFIG)));
-    let mut runner = fuzz_support::runner(2_000, file!());
+    let mut runner = fuzz_support::runner(4_000, file!());
     let counts = [Cell::new(0u32), Cell::new(0u32), Cell::new(0u32)];
     runner
         .run(&input(), |input| {
@@ -545,7 +545,7 @@ fn requests_never_fail_the_server() {
 
 #[test]
 fn traceparent_parse_never_panics_and_reads_valid_headers() {
-    let mut runner = fuzz_support::runner(2_000, file!());
+    let mut runner = fuzz_support::runner(4_000, file!());
     let strategy = prop_oneof![
         "\\PC{0,80}",
         "[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-[ -~]{0,8})?",
