@@ -258,6 +258,14 @@ impl Config {
 
     /// Parses a YAML document; a schema error names the path of the offending value.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigErrors> {
+        if flow_depth_exceeds(text, MAX_YAML_FLOW_DEPTH) {
+            return Err(parse_error(
+                String::new(),
+                format!(
+                    "flow collections (`[`, `{{`) nest deeper than {MAX_YAML_FLOW_DEPTH} levels"
+                ),
+            ));
+        }
         let de = serde_yaml_ng::Deserializer::from_str(text);
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
@@ -276,6 +284,43 @@ impl Config {
     pub fn content_hash(&self) -> u64 {
         xxhash_rust::xxh3::xxh3_64(self.to_canonical_json().as_bytes())
     }
+}
+
+/// YAML flow collections nested deeper than this are refused before the YAML parser runs. The
+/// scanner (libyaml) takes time quadratic in the flow depth, and the deserializer's own depth
+/// limit (128) applies only once the whole document has been scanned: 100,000 `[` took minutes.
+/// Anything nested past 128 levels is rejected anyway; the margin is for brackets in scalars.
+const MAX_YAML_FLOW_DEPTH: usize = 1_000;
+
+/// Whether `[`/`{` open more than `max` levels, not counting quoted scalars and comments.
+fn flow_depth_exceeds(text: &str, max: usize) -> bool {
+    let (mut depth, mut quote, mut comment, mut prev) = (0usize, None, false, b'\n');
+    let mut bytes = text.bytes();
+    while let Some(b) = bytes.next() {
+        match quote {
+            Some(b'"') if b == b'\\' => {
+                // An escape: the next byte cannot close the scalar.
+                bytes.next();
+            }
+            Some(q) if b == q => quote = None,
+            Some(_) => {}
+            None if comment => comment = b != b'\n',
+            None => match b {
+                b'#' if prev.is_ascii_whitespace() => comment = true,
+                b'"' | b'\'' if !prev.is_ascii_alphanumeric() => quote = Some(b),
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > max {
+                        return true;
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            },
+        }
+        prev = b;
+    }
+    false
 }
 
 fn parse_error(path: String, message: String) -> ConfigErrors {
@@ -306,6 +351,29 @@ mod tests {
         );
         let e = Config::parse(r#"{"layers": [{"id": "a", "buckets": "x"}]}"#).unwrap_err();
         assert_eq!(e.errors()[0].path, "layers[0].buckets");
+    }
+
+    #[test]
+    fn deep_yaml_flow_nesting_is_refused_before_scanning() {
+        // Found by tests/fuzz_config.rs: 100,000 `[` kept libyaml's scanner busy for minutes.
+        let deep = format!(
+            "segments:\n  s: {}{}\n",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let e = Config::parse(&deep).unwrap_err();
+        assert_eq!(e.errors()[0].path, "");
+        assert!(e.errors()[0].kind.to_string().contains("deeper than 1000"));
+        // Brackets in quoted scalars and comments do not count.
+        let brackets = "[{".repeat(1_000);
+        let double = format!("segments: {{ s: {{ x: {{ matches: \"\\\"{brackets}\" }} }} }}\n");
+        assert!(Config::parse(&double).is_ok(), "{double}");
+        let single =
+            format!("segments: {{ s: {{ x: {{ matches: '''{brackets}' }} }} }} # {brackets}\n");
+        assert!(Config::parse(&single).is_ok(), "{single}");
+        assert!(!flow_depth_exceeds(&"[".repeat(1_000), 1_000));
+        assert!(flow_depth_exceeds(&"[".repeat(1_001), 1_000));
+        assert!(!flow_depth_exceeds(&"[]".repeat(5_000), 1_000));
     }
 
     #[test]

@@ -13,7 +13,7 @@
 use allot::{Context, ErrorCode, FlagType, Reason, Resolution};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware;
@@ -286,10 +286,18 @@ fn json_response(status: StatusCode, json: Vec<u8>) -> Response {
 
 async fn single(
     State(service): State<Service>,
-    Path(key): Path<String>,
+    key: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    // A key that does not percent-decode to UTF-8 gets an OFREP body too, not axum's text.
+    let key = match key {
+        Ok(Path(key)) => key,
+        Err(e) => {
+            let e = ApiError::Parse(format!("bad flag key in the path: {}", e.body_text()));
+            return error_response(None, &e);
+        }
+    };
     let ctx = match body
         .map_err(|e| http::body_error(e, MAX_BODY))
         .and_then(|b| context_of(&b))
