@@ -52,6 +52,7 @@ pub struct Server {
 
 /// Loads the first config, binds every port and starts serving.
 pub async fn start(settings: Settings) -> anyhow::Result<Server> {
+    let metrics = Metrics::new();
     // Access and transport settings first: a bad one fails before any config is touched.
     let tls = match (&settings.tls_cert, &settings.tls_key) {
         (Some(cert), Some(key)) => Some(listen::server_config(cert, key)?),
@@ -82,8 +83,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
         tokens,
         max_concurrency: usize::try_from(settings.max_concurrency).unwrap_or(usize::MAX),
         request_timeout: settings.request_timeout(),
+        in_flight: metrics.in_flight_gauge(),
     });
-    let metrics = Metrics::new();
     let store = Arc::new(ConfigStore::new());
     load_initial(&settings, &store, &metrics).await?;
 

@@ -24,13 +24,13 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, header};
 use axum::response::IntoResponse;
 use pin_project_lite::pin_project;
+use prometheus_client::metrics::gauge::Gauge;
 
 use crate::access::{ClientTokens, Verdict};
 use crate::error::ApiError;
@@ -49,8 +49,9 @@ pub struct Guard {
 #[derive(Debug)]
 struct Shared {
     tokens: Option<ClientTokens>,
-    in_flight: AtomicUsize,
-    max: usize,
+    /// Slots taken; the same atomic as the `allot_requests_in_flight` gauge when metrics are on.
+    in_flight: Gauge,
+    max: i64,
     timeout: Duration,
 }
 
@@ -63,6 +64,8 @@ pub struct GuardOptions {
     pub max_concurrency: usize,
     /// Longest a guarded request may run.
     pub request_timeout: Duration,
+    /// Where slots are counted: [`Metrics::in_flight_gauge`] to export them, else a fresh gauge.
+    pub in_flight: Gauge,
 }
 
 /// A tower layer applying a [`Guard`] with the responses of `F` ([`Http`] or [`Grpc`]).
@@ -139,8 +142,8 @@ impl Guard {
         Self {
             shared: Arc::new(Shared {
                 tokens: options.tokens,
-                in_flight: AtomicUsize::new(0),
-                max: options.max_concurrency.max(1),
+                in_flight: options.in_flight,
+                max: i64::try_from(options.max_concurrency.max(1)).unwrap_or(i64::MAX),
                 timeout: options.request_timeout,
             }),
         }
@@ -152,6 +155,7 @@ impl Guard {
             tokens: None,
             max_concurrency: usize::MAX,
             request_timeout: Duration::from_secs(u64::from(u32::MAX)),
+            in_flight: Gauge::default(),
         })
     }
 
@@ -169,8 +173,8 @@ impl Guard {
     }
 
     /// Guarded requests in flight now.
-    pub fn in_flight(&self) -> usize {
-        self.shared.in_flight.load(Ordering::Relaxed)
+    pub fn in_flight(&self) -> i64 {
+        self.shared.in_flight.get()
     }
 
     /// The layer for transport `F`, counting rejections in `metrics`.
@@ -199,8 +203,8 @@ fn try_acquire(scope: &Arc<Scope>) -> Option<Permit> {
     let shared = &scope.guard.shared;
     // Optimistic add: one atomic in the common case; an overshoot is undone at once, so the
     // count never stays above the limit.
-    if shared.in_flight.fetch_add(1, Ordering::AcqRel) >= shared.max {
-        shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+    if shared.in_flight.inc() >= shared.max {
+        shared.in_flight.dec();
         return None;
     }
     Some(Permit(scope.clone()))
@@ -208,7 +212,7 @@ fn try_acquire(scope: &Arc<Scope>) -> Option<Permit> {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.0.guard.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.guard.shared.in_flight.dec();
     }
 }
 
@@ -522,6 +526,7 @@ mod tests {
             tokens: None,
             max_concurrency: 2,
             request_timeout: Duration::from_secs(1),
+            in_flight: Gauge::default(),
         });
         let layer = guard.layer::<Http>(None);
         let a = try_acquire(&layer.scope).unwrap();

@@ -104,6 +104,7 @@ pub struct Metrics {
     log_dropped: Counter,
     persist_failures: Counter,
     rejected: Family<RejectLabels, Counter>,
+    in_flight: Gauge,
     table: ArcSwapOption<AllocTable>,
     /// Request counter and histogram handles already resolved, by label set (at most
     /// [`HOT_LIMIT`]), so a request neither hashes its labels nor takes the family locks.
@@ -191,9 +192,16 @@ impl Metrics {
             "Evaluation requests refused before a handler ran, by transport and reason (overload, timeout, unauthenticated)",
             rejected.clone(),
         );
+        let in_flight = Gauge::default();
+        registry.register(
+            "requests_in_flight",
+            "Evaluation requests holding a --max-concurrency slot now (streams hold none)",
+            in_flight.clone(),
+        );
         Arc::new(Self {
             registry,
             rejected,
+            in_flight,
             requests,
             latency,
             allocations,
@@ -243,6 +251,11 @@ impl Metrics {
                 list
             });
         }
+    }
+
+    /// The in-flight gauge, shared with the [`crate::guard::Guard`] that counts its slots in it.
+    pub fn in_flight_gauge(&self) -> Gauge {
+        self.in_flight.clone()
     }
 
     /// The rejection counters of `transport` (every reason is registered, so each renders as 0
