@@ -78,10 +78,10 @@ async fn metrics(State(state): State<AdminState>) -> Response {
 }
 
 async fn get_config(State(state): State<AdminState>, headers: HeaderMap) -> Response {
-    if state.private_reads || headers.contains_key(header::AUTHORIZATION) {
-        if let Err(e) = authorize(state.token.as_deref(), &headers) {
-            return e.into_response();
-        }
+    if (state.private_reads || headers.contains_key(header::AUTHORIZATION))
+        && let Err(e) = authorize(state.token.as_deref(), &headers)
+    {
+        return e.into_response();
     }
     config_response(state.service.store(), &headers)
 }

@@ -372,10 +372,12 @@ async fn dribble(addr: SocketAddr, start: &'static [u8], lines: bool) -> Vec<u8>
         if wr.write_all(start).await.is_err() {
             return;
         }
-        while lines {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            if wr.write_all(b"x-pad: 1\r\n").await.is_err() {
-                return;
+        if lines {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if wr.write_all(b"x-pad: 1\r\n").await.is_err() {
+                    return;
+                }
             }
         }
         // Silent: keep the write half open.
