@@ -52,8 +52,15 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// A bound port and how its connections are secured.
 pub struct Listener {
     tcp: TcpListener,
+    handshake: Handshake,
+}
+
+/// How an accepted connection is secured; cloned into each connection's task (never the
+/// listener itself, so dropping the listener closes the port at once).
+#[derive(Clone)]
+struct Handshake {
     tls: Option<TlsAcceptor>,
-    handshake_timeout: Duration,
+    timeout: Duration,
 }
 
 /// Per-connection HTTP limits of [`serve_http`].
@@ -129,7 +136,6 @@ pub async fn serve_http(
 ) -> anyhow::Result<()> {
     let graceful = GracefulShutdown::new();
     let closing = CancellationToken::new();
-    let listener = Arc::new(listener);
     tokio::pin!(shutdown);
     loop {
         let tcp = tokio::select! {
@@ -139,10 +145,11 @@ pub async fn serve_http(
         // Subscribed before the task starts, so a shutdown that begins while it handshakes is
         // still seen by the connection.
         let watcher = graceful.watcher();
-        let (listener, router, closing) = (listener.clone(), router.clone(), closing.clone());
+        let (handshake, router, closing) =
+            (listener.handshake.clone(), router.clone(), closing.clone());
         tokio::spawn(async move {
             let conn = tokio::select! {
-                conn = listener.handshake(tcp) => conn,
+                conn = handshake.run(tcp) => conn,
                 () = closing.cancelled() => return,
             };
             if let Some(conn) = conn {
@@ -167,17 +174,16 @@ pub async fn serve_http(
 /// is dropped (tonic drops it as soon as its shutdown signal fires).
 pub fn incoming(listener: Listener) -> ReceiverStream<Result<Conn, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
-    let listener = Arc::new(listener);
     tokio::spawn(async move {
         loop {
             let tcp = tokio::select! {
                 () = tx.closed() => return,
                 tcp = listener.accept() => tcp,
             };
-            let (listener, tx) = (listener.clone(), tx.clone());
+            let (handshake, tx) = (listener.handshake.clone(), tx.clone());
             tokio::spawn(async move {
                 let conn = tokio::select! {
-                    conn = listener.handshake(tcp) => conn,
+                    conn = handshake.run(tcp) => conn,
                     () = tx.closed() => return,
                 };
                 if let Some(conn) = conn {
@@ -195,7 +201,7 @@ impl std::fmt::Debug for Listener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Listener")
             .field("addr", &self.tcp.local_addr().ok())
-            .field("tls", &self.tls.is_some())
+            .field("tls", &self.handshake.tls.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -206,8 +212,10 @@ impl Listener {
     pub fn new(tcp: TcpListener, tls: Option<TlsAcceptor>, handshake_timeout: Duration) -> Self {
         Self {
             tcp,
-            tls,
-            handshake_timeout,
+            handshake: Handshake {
+                tls,
+                timeout: handshake_timeout,
+            },
         }
     }
 
@@ -235,23 +243,27 @@ impl Listener {
             }
         }
     }
+}
 
+// === impl Handshake ===
+
+impl Handshake {
     /// The connection after its TLS handshake (when TLS is on); `None` when the handshake
     /// fails or times out (logged at debug: a port scan or a plaintext client is not an
     /// error of ours).
-    async fn handshake(&self, tcp: TcpStream) -> Option<Conn> {
+    async fn run(&self, tcp: TcpStream) -> Option<Conn> {
         let Some(tls) = &self.tls else {
             return Some(Conn::Plain(tcp));
         };
         let peer = tcp.peer_addr().ok();
-        match tokio::time::timeout(self.handshake_timeout, tls.accept(tcp)).await {
+        match tokio::time::timeout(self.timeout, tls.accept(tcp)).await {
             Ok(Ok(stream)) => Some(Conn::Tls(Box::new(stream))),
             Ok(Err(e)) => {
                 tracing::debug!(?peer, error = %e, "TLS handshake failed");
                 None
             }
             Err(_) => {
-                tracing::debug!(?peer, timeout = ?self.handshake_timeout, "TLS handshake timed out");
+                tracing::debug!(?peer, timeout = ?self.timeout, "TLS handshake timed out");
                 None
             }
         }

@@ -472,3 +472,35 @@ async fn slow_header_senders_are_disconnected_and_others_served() {
     assert_eq!(r.status, 200);
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_requests_and_stops_accepting() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), CONFIG, &["--request-timeout", "1h"]).await;
+    let want = expected(&server);
+    let (addr, mgmt) = (server.http_addr, Client::plain(server.mgmt_addr));
+    let held = Held::open(addr).await;
+    until("the request is in flight", || async {
+        in_flight(&mgmt).await == 1.0
+    })
+    .await;
+    let shutdown = tokio::spawn(server.shutdown());
+    // New connections are refused once accepting stopped (the listener is closed).
+    until("the HTTP port stops accepting", || async {
+        TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    assert!(
+        !shutdown.is_finished(),
+        "shutdown waits for the in-flight request"
+    );
+    // The in-flight request still completes, correctly, and then shutdown finishes.
+    let (status, body) = parse_raw(&held.finish().await);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(cells(&body), want);
+    tokio::time::timeout(HANG, shutdown)
+        .await
+        .expect("shutdown finishes once drained")
+        .unwrap()
+        .unwrap();
+}
