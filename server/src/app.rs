@@ -157,7 +157,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
 
     let c = cancel.clone();
     let svc = service.clone();
-    let incoming = listen::incoming(grpc_listener);
+    let incoming = listen::incoming(grpc_listener, limits.header_read_timeout);
     tasks.push((
         "grpc",
         tokio::spawn(

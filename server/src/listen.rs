@@ -3,8 +3,8 @@
 //! axum routers ([`serve_http`]) or hands finished connections to tonic ([`incoming`]).
 //!
 //! Slow clients never hold the accept loop: every connection's TLS handshake and protocol
-//! detection run in its own task, each under a deadline (`--tls-handshake-timeout`,
-//! `--header-read-timeout`). On HTTP/1, hyper closes a connection whose request head has not
+//! detection (HTTP/2 preface or not; on the gRPC port the preface is required) run in its own
+//! task, each under a deadline (`--tls-handshake-timeout`, `--header-read-timeout`). On HTTP/1, hyper closes a connection whose request head has not
 //! arrived within `--header-read-timeout` (no response is written; this also bounds how long an
 //! idle keep-alive connection stays open) and answers a head larger than `--max-header-bytes`
 //! (or with more than [`MAX_HEADERS`] headers) with `431 Request Header Fields Too Large`.
@@ -169,10 +169,15 @@ pub async fn serve_http(
     Ok(())
 }
 
-/// The connections of `listener`, each after its TLS handshake, for
-/// `tonic::transport::Server::serve_with_incoming_shutdown`. Accepting stops when the stream
-/// is dropped (tonic drops it as soon as its shutdown signal fires).
-pub fn incoming(listener: Listener) -> ReceiverStream<Result<Conn, io::Error>> {
+/// The connections of `listener` for `tonic::transport::Server::serve_with_incoming_shutdown`,
+/// each after its TLS handshake and after the HTTP/2 preface arrived within
+/// `preface_timeout` (a client that connects and stays silent, or speaks anything but HTTP/2,
+/// is dropped instead of holding a connection). Accepting stops when the stream is dropped
+/// (tonic drops it as soon as its shutdown signal fires).
+pub fn incoming(
+    listener: Listener,
+    preface_timeout: Duration,
+) -> ReceiverStream<Result<Prefixed<Conn>, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
@@ -182,8 +187,30 @@ pub fn incoming(listener: Listener) -> ReceiverStream<Result<Conn, io::Error>> {
             };
             let (handshake, tx) = (listener.handshake.clone(), tx.clone());
             tokio::spawn(async move {
+                let ready = async {
+                    let mut conn = handshake.run(tcp).await?;
+                    match tokio::time::timeout(preface_timeout, read_preface(&mut conn)).await {
+                        Ok(Ok((true, prefix))) => Some(Prefixed {
+                            prefix,
+                            read: 0,
+                            inner: conn,
+                        }),
+                        Ok(Ok((false, _))) => {
+                            tracing::debug!("not HTTP/2 on the gRPC port; closing");
+                            None
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "gRPC connection closed before its preface");
+                            None
+                        }
+                        Err(_) => {
+                            tracing::debug!(timeout = ?preface_timeout, "no HTTP/2 preface in time; closing");
+                            None
+                        }
+                    }
+                };
                 let conn = tokio::select! {
-                    conn = handshake.run(tcp) => conn,
+                    conn = ready => conn,
                     () = tx.closed() => return,
                 };
                 if let Some(conn) = conn {
@@ -340,8 +367,9 @@ async fn read_preface<I: AsyncRead + Unpin>(io: &mut I) -> io::Result<(bool, Vec
     Ok((true, buf))
 }
 
-/// An I/O stream whose first reads replay `prefix` (the bytes protocol detection consumed).
-struct Prefixed<I> {
+/// An I/O stream whose first reads replay the bytes protocol detection consumed.
+#[derive(Debug)]
+pub struct Prefixed<I> {
     prefix: Vec<u8>,
     read: usize,
     inner: I,
@@ -453,6 +481,14 @@ impl AsyncWrite for Conn {
             Conn::Plain(s) => s.is_write_vectored(),
             Conn::Tls(s) => s.is_write_vectored(),
         }
+    }
+}
+
+impl Connected for Prefixed<Conn> {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
     }
 }
 

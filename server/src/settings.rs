@@ -118,7 +118,8 @@ pub struct Settings {
     pub request_timeout: humantime::Duration,
 
     /// How long an HTTP/1 client may take to send a request's headers (a connection's first
-    /// request and every keep-alive one) before the connection is closed.
+    /// request and every keep-alive one), and any client the first bytes of a connection (the
+    /// HTTP/2 preface on the gRPC port), before the connection is closed.
     #[arg(long, env = "ALLOT_HEADER_READ_TIMEOUT", default_value = "5s")]
     pub header_read_timeout: humantime::Duration,
 

@@ -419,7 +419,23 @@ async fn slow_header_senders_are_disconnected_and_others_served() {
         };
         slow.push(tokio::spawn(dribble(addr, start, lines)));
     }
-    // Meanwhile, normal clients are served (the management port too).
+    // The gRPC port too: silent, or a preface that stalls, or not HTTP/2 at all.
+    let grpc_addr = server.grpc_addr;
+    for start in [&b""[..], b"PRI * HTTP/2.0\r\n", b"GET / HTTP/1.1\r\n\r\n"] {
+        slow.push(tokio::spawn(dribble(grpc_addr, start, false)));
+    }
+    // Meanwhile, normal clients are served (the management and gRPC ports too).
+    let mut native = AllocatorClient::new(grpc(&server).await);
+    for _ in 0..5 {
+        let reply = native
+            .allocate(AllocateRequest {
+                context: Some(context()),
+            })
+            .await
+            .expect("gRPC is served while slow clients hang on")
+            .into_inner();
+        assert_eq!(reply.allocations.len(), want.len());
+    }
     let http = Client::plain(addr);
     for _ in 0..10 {
         let r = http.post("/v1/allocate", &[], BODY).await;
