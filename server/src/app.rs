@@ -178,11 +178,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
     }
     if let Some(url) = settings.upstream.clone() {
         let (s, m) = (store.clone(), metrics.clone());
+        let token = settings.upstream_token.clone();
         let rx = stop_rx.clone();
         tasks.push((
             "upstream",
             tokio::spawn(async move {
-                upstream::follow_with(url, s, rx, Some(m)).await;
+                upstream::follow_authorized(url, token, s, rx, Some(m)).await;
                 Ok(())
             }),
         ));

@@ -39,6 +39,16 @@ pub struct Settings {
     #[arg(long, env = "ALLOT_UPSTREAM", value_name = "URL")]
     pub upstream: Option<String>,
 
+    /// Client token presented to the --upstream server (when it runs with --client-tokens).
+    #[arg(
+        long,
+        env = "ALLOT_UPSTREAM_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true,
+        requires = "upstream"
+    )]
+    pub upstream_token: Option<String>,
+
     /// Evaluation HTTP listen address (`/v1/allocate`, `/v1/config`).
     #[arg(long, env = "ALLOT_HTTP_ADDR", default_value = "0.0.0.0:8016")]
     pub http_addr: SocketAddr,

@@ -405,3 +405,45 @@ async fn bad_token_files_fail_at_startup() {
     .unwrap_err();
     assert!(format!("{e:#}").contains("equals --admin-token"), "{e:#}");
 }
+
+#[tokio::test]
+async fn replicas_follow_a_protected_upstream_with_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let primary = server(dir.path()).await;
+    let url = format!("http://{}", primary.grpc_addr);
+    let replica = |token: Option<&str>| {
+        let mut s = allot_server::settings::Settings::local();
+        s.upstream = Some(url.clone());
+        s.upstream_token = token.map(str::to_owned);
+        allot_server::app::start(s)
+    };
+    let with = replica(Some("tok-bravo-2")).await.unwrap();
+    let without = replica(None).await.unwrap();
+    let want = primary.store().load_full().unwrap().content_hash();
+    net_support::until("the replica with a token follows", || async {
+        with.store().load_full().map(|s| s.content_hash()) == Some(want)
+    })
+    .await;
+    let mgmt = Client::plain(primary.mgmt_addr);
+    net_support::until("the replica without one is refused", || async {
+        metric(
+            &mgmt,
+            r#"allot_requests_rejected_total{transport="grpc",reason="unauthenticated"}"#,
+        )
+        .await
+            >= 1.0
+    })
+    .await;
+    assert_eq!(without.store().revision(), None);
+    let e = <allot_server::settings::Settings as clap::Parser>::try_parse_from([
+        "allot-server",
+        "--upstream-token",
+        "t",
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("--upstream"), "{e}");
+    for s in [with, without, primary] {
+        s.shutdown().await.unwrap();
+    }
+}
