@@ -424,7 +424,13 @@ async fn slow_header_senders_are_disconnected_and_others_served() {
     for start in [&b""[..], b"PRI * HTTP/2.0\r\n", b"GET / HTTP/1.1\r\n\r\n"] {
         slow.push(tokio::spawn(dribble(grpc_addr, start, false)));
     }
-    // Meanwhile, normal clients are served (the management and gRPC ports too).
+    // Meanwhile, normal clients are served (HTTP/2 with prior knowledge, the management and
+    // gRPC ports too).
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let req = net_support::request("POST", &format!("http://{addr}/v1/allocate"), &[], BODY);
+    let r = net_support::send_h2(tcp, req).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(cells(&r.json()), want);
     let mut native = AllocatorClient::new(grpc(&server).await);
     for _ in 0..5 {
         let reply = native

@@ -100,6 +100,22 @@ async fn all_three_ports_serve_tls_and_plaintext_clients_fail_cleanly() {
     let r = mgmt.get("/healthz", &[]).await;
     assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "ok\n"));
 
+    // HTTP/2 by ALPN on the HTTP ports.
+    for (addr, path) in [
+        (server.http_addr, "/v1/config"),
+        (server.mgmt_addr, "/healthz"),
+    ] {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let tls = net_support::tls_connector(&root, &[b"h2"])
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let req = net_support::request("GET", &format!("https://localhost{path}"), &[], "");
+        let r = net_support::send_h2(tls, req).await.unwrap();
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+    }
+
     // Plaintext HTTP to each TLS port: no HTTP answer, the connection just ends.
     for addr in [server.http_addr, server.mgmt_addr, server.grpc_addr] {
         let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -209,3 +209,26 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Sends one request over HTTP/2 on `io` (h2c prior knowledge on plain TCP, or TLS that
+/// negotiated `h2`).
+pub async fn send_h2<I>(io: I, req: Request<Full<Bytes>>) -> anyhow::Result<Reply>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(io),
+    )
+    .await?;
+    tokio::spawn(conn);
+    let res = sender.send_request(req).await?;
+    let status = res.status();
+    let headers = res.headers().clone();
+    let body = res.into_body().collect().await?.to_bytes();
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
+}
