@@ -5,7 +5,7 @@
 //! open unless [`AdminState::private_reads`] is set (the server sets it with
 //! `--client-tokens`), but a presented credential must be the admin token: a client token
 //! gets 403 on every admin route, reads included. Health, readiness and metrics stay open. A `PUT` compiles off the
-//! async runtime and goes through [`ConfigStore::apply`], so a rejected document never replaces
+//! async runtime and goes through [`ConfigStore::apply`](crate::state::ConfigStore::apply), so a rejected document never replaces
 //! the serving one, and `If-Match` is checked atomically with the swap. Persistence happens in
 //! the store's accept hook, for every source alike.
 

@@ -2,7 +2,7 @@
 //!
 //! Owns the registry and every metric family. The request path only touches pre-resolved
 //! handles or label sets made of `&'static str` and integers, so counting allocates nothing:
-//! per-experiment counters are resolved once per config revision into [`AllocTable`].
+//! per-experiment counters are resolved once per config revision into `AllocTable`.
 //! Must not hold a lock across a request or format strings per request.
 
 use std::collections::HashMap;
