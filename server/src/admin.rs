@@ -1,8 +1,11 @@
 //! The management port: `/healthz`, `/readyz`, `/metrics`, and `GET|PUT /admin/config`.
 //!
 //! Admin writes need `Authorization: Bearer <token>` matching `--admin-token` (compared in
-//! constant time); without a configured token every write is refused. A `PUT` compiles off the
-//! async runtime and goes through [`ConfigStore::apply`], so a rejected document never replaces
+//! constant time); without a configured token every write is refused. `GET /admin/config` is
+//! open unless [`AdminState::private_reads`] is set (the server sets it with
+//! `--client-tokens`), but a presented credential must be the admin token: a client token
+//! gets 403 on every admin route, reads included. Health, readiness and metrics stay open. A `PUT` compiles off the
+//! async runtime and goes through [`ConfigStore::apply`](crate::state::ConfigStore::apply), so a rejected document never replaces
 //! the serving one, and `If-Match` is checked atomically with the swap. Persistence happens in
 //! the store's accept hook, for every source alike.
 
@@ -38,6 +41,9 @@ pub struct AdminState {
     pub token: Option<Arc<str>>,
     /// The metrics rendered on `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Whether `GET /admin/config` needs the admin token too (the config is private when the
+    /// evaluation APIs need client tokens).
+    pub private_reads: bool,
 }
 
 /// The management router.
@@ -72,6 +78,11 @@ async fn metrics(State(state): State<AdminState>) -> Response {
 }
 
 async fn get_config(State(state): State<AdminState>, headers: HeaderMap) -> Response {
+    if (state.private_reads || headers.contains_key(header::AUTHORIZATION))
+        && let Err(e) = authorize(state.token.as_deref(), &headers)
+    {
+        return e.into_response();
+    }
     config_response(state.service.store(), &headers)
 }
 

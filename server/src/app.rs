@@ -1,4 +1,6 @@
-//! Assembles a running server from [`Settings`]: loads the first config, binds the three ports,
+//! Assembles a running server from [`Settings`]: loads the first config, binds the three ports
+//! (TLS on all of them with `--tls-cert`/`--tls-key`, see [`crate::listen`]), puts the
+//! evaluation APIs behind one [`Guard`] (client tokens, concurrency limit, request timeout),
 //! starts the watchers, and shuts everything down in order.
 //!
 //! Startup order of config sources: the state persisted in `--state-dir` (same revision as
@@ -10,14 +12,18 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use anyhow::{Context as _, bail};
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::ClientTokens;
 use crate::admin::{self, AdminState};
+use crate::guard::{Guard, GuardOptions};
+use crate::listen::{self, HttpLimits, Listener};
 use crate::metrics::Metrics;
 use crate::service::{Limits, Service};
 use crate::settings::Settings;
@@ -47,6 +53,38 @@ pub struct Server {
 /// Loads the first config, binds every port and starts serving.
 pub async fn start(settings: Settings) -> anyhow::Result<Server> {
     let metrics = Metrics::new();
+    // Access and transport settings first: a bad one fails before any config is touched.
+    let tls = match (&settings.tls_cert, &settings.tls_key) {
+        (Some(cert), Some(key)) => Some(listen::server_config(cert, key)?),
+        (None, None) => None,
+        (Some(_), None) => bail!("--tls-cert is set but --tls-key is not: give both or neither"),
+        (None, Some(_)) => bail!("--tls-key is set but --tls-cert is not: give both or neither"),
+    };
+    let tokens = match &settings.client_tokens {
+        Some(path) => {
+            let tokens = ClientTokens::load(path)?;
+            if let Some(admin) = &settings.admin_token
+                && tokens.contains(admin.as_bytes())
+            {
+                bail!(
+                    "--client-tokens {}: a client token equals --admin-token; they must differ",
+                    path.display()
+                );
+            }
+            tracing::info!(
+                count = tokens.len(),
+                "evaluation APIs require a client token"
+            );
+            Some(tokens)
+        }
+        None => None,
+    };
+    let guard = Guard::new(GuardOptions {
+        tokens,
+        max_concurrency: usize::try_from(settings.max_concurrency).unwrap_or(usize::MAX),
+        request_timeout: settings.request_timeout(),
+        in_flight: metrics.in_flight_gauge(),
+    });
     let store = Arc::new(ConfigStore::new());
     load_initial(&settings, &store, &metrics).await?;
 
@@ -63,14 +101,25 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
         log_writer = Some(writer);
     }
 
-    let bind = |addr: SocketAddr, what: &'static str| async move {
-        TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding the {what} port {addr}"))
+    let handshake_timeout = Duration::from(settings.tls_handshake_timeout);
+    let limits = HttpLimits {
+        header_read_timeout: Duration::from(settings.header_read_timeout),
+        max_header_bytes: usize::try_from(settings.max_header_bytes).unwrap_or(usize::MAX),
+        drain_timeout: grpc::DRAIN_TIMEOUT,
     };
-    let http_listener = bind(settings.http_addr, "HTTP").await?;
-    let grpc_listener = bind(settings.grpc_addr, "gRPC").await?;
-    let mgmt_listener = bind(settings.mgmt_addr, "management").await?;
+
+    let bind = |addr: SocketAddr, what: &'static str, alpn: &'static [&'static [u8]]| {
+        let tls = tls.as_deref().map(|c| listen::acceptor(c, alpn));
+        async move {
+            let tcp = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the {what} port {addr}"))?;
+            anyhow::Ok(Listener::new(tcp, tls, handshake_timeout))
+        }
+    };
+    let http_listener = bind(settings.http_addr, "HTTP", listen::ALPN_HTTP).await?;
+    let grpc_listener = bind(settings.grpc_addr, "gRPC", listen::ALPN_GRPC).await?;
+    let mgmt_listener = bind(settings.mgmt_addr, "management", listen::ALPN_HTTP).await?;
     let http_addr = http_listener.local_addr()?;
     let grpc_addr = grpc_listener.local_addr()?;
     let mgmt_addr = mgmt_listener.local_addr()?;
@@ -79,13 +128,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();
 
-    let app = http::router(service.clone());
+    let app = http::guarded(service.clone(), &guard);
     let c = cancel.clone();
     tasks.push((
         "http",
         tokio::spawn(async move {
-            axum::serve(http_listener.tap_io(nodelay), app)
-                .with_graceful_shutdown(c.cancelled_owned())
+            listen::serve_http(http_listener, app, limits, c.cancelled_owned())
                 .await
                 .context("HTTP server")
         }),
@@ -95,13 +143,13 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
         service: service.clone(),
         token: settings.admin_token.as_deref().map(Arc::from),
         metrics: metrics.clone(),
+        private_reads: guard.requires_tokens(),
     });
     let c = cancel.clone();
     tasks.push((
         "management",
         tokio::spawn(async move {
-            axum::serve(mgmt_listener.tap_io(nodelay), mgmt)
-                .with_graceful_shutdown(c.cancelled_owned())
+            listen::serve_http(mgmt_listener, mgmt, limits, c.cancelled_owned())
                 .await
                 .context("management server")
         }),
@@ -109,9 +157,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
 
     let c = cancel.clone();
     let svc = service.clone();
+    let incoming = listen::incoming(grpc_listener, limits.header_read_timeout);
     tasks.push((
         "grpc",
-        tokio::spawn(async move { grpc::serve(grpc_listener, svc, c.cancelled_owned()).await }),
+        tokio::spawn(
+            async move { grpc::serve_with(incoming, svc, &guard, c.cancelled_owned()).await },
+        ),
     ));
 
     if let Some(path) = settings.config.clone() {
@@ -127,11 +178,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
     }
     if let Some(url) = settings.upstream.clone() {
         let (s, m) = (store.clone(), metrics.clone());
+        let token = settings.upstream_token.clone();
         let rx = stop_rx.clone();
         tasks.push((
             "upstream",
             tokio::spawn(async move {
-                upstream::follow_with(url, s, rx, Some(m)).await;
+                upstream::follow_authorized(url, token, s, rx, Some(m)).await;
                 Ok(())
             }),
         ));
@@ -189,13 +241,6 @@ impl Server {
             Some(e) => Err(e),
             None => Ok(()),
         }
-    }
-}
-
-/// Sets TCP_NODELAY on an accepted connection: responses are small, latency matters.
-fn nodelay(stream: &mut tokio::net::TcpStream) {
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::trace!(error = %e, "cannot set TCP_NODELAY");
     }
 }
 

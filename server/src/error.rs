@@ -4,7 +4,7 @@
 //! never a 500. Internals go to logs, not to response bodies.
 
 use allot::ConfigErrors;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -53,6 +53,21 @@ pub enum ApiError {
     /// Valid-looking credentials that do not grant this operation.
     #[error("token does not grant this operation")]
     Forbidden,
+    /// An evaluation request without a configured client token (`--client-tokens`). The
+    /// message is the same for a missing and a wrong token.
+    #[error(
+        "a valid client token is required: send `Authorization: Bearer <token>` (HTTP `X-API-Key: <token>` also works)"
+    )]
+    ClientToken,
+    /// The process is at `--max-concurrency`; the request was shed instead of queued.
+    #[error("the server is at its concurrency limit; retry shortly")]
+    Overloaded,
+    /// The request did not complete within `--request-timeout` (or its `grpc-timeout`).
+    #[error("the request did not complete within {ms} ms")]
+    Timeout {
+        /// The deadline that passed, in milliseconds.
+        ms: u64,
+    },
     /// Admin writes are refused because no admin token is configured.
     #[error(
         "admin writes are disabled: start the server with --admin-token or ALLOT_ADMIN_TOKEN to enable them"
@@ -95,7 +110,9 @@ impl ApiError {
             ApiError::TypeMismatch { .. } => "TYPE_MISMATCH",
             ApiError::Config(_) => "INVALID_CONFIG",
             ApiError::RevisionMismatch { .. } => "REVISION_MISMATCH",
-            ApiError::Unauthorized => "UNAUTHORIZED",
+            ApiError::Unauthorized | ApiError::ClientToken => "UNAUTHORIZED",
+            ApiError::Overloaded => "OVERLOADED",
+            ApiError::Timeout { .. } => "TIMEOUT",
             ApiError::Forbidden => "FORBIDDEN",
             ApiError::AdminDisabled => "ADMIN_DISABLED",
             ApiError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
@@ -107,7 +124,9 @@ impl ApiError {
     /// The HTTP status of this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotReady | ApiError::Overloaded | ApiError::Timeout { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Parse(_)
             | ApiError::InvalidContext(_)
             | ApiError::UnitMissing(_)
@@ -115,11 +134,22 @@ impl ApiError {
             ApiError::FlagNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Config(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RevisionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::ClientToken => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden | ApiError::AdminDisabled => StatusCode::FORBIDDEN,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The headers this error's response carries besides the body: `WWW-Authenticate` on 401,
+    /// `Retry-After: 1` when the request was shed.
+    pub fn add_headers(&self, headers: &mut HeaderMap) {
+        if self.status() == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if matches!(self, ApiError::Overloaded) {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
     }
 
@@ -157,7 +187,9 @@ impl From<ApiError> for tonic::Status {
             | ApiError::Config(_) => Code::InvalidArgument,
             ApiError::FlagNotFound(_) => Code::NotFound,
             ApiError::RevisionMismatch { .. } => Code::FailedPrecondition,
-            ApiError::Unauthorized => Code::Unauthenticated,
+            ApiError::Unauthorized | ApiError::ClientToken => Code::Unauthenticated,
+            ApiError::Overloaded => Code::ResourceExhausted,
+            ApiError::Timeout { .. } => Code::DeadlineExceeded,
             ApiError::Forbidden | ApiError::AdminDisabled => Code::PermissionDenied,
             ApiError::PayloadTooLarge { .. } => Code::ResourceExhausted,
             ApiError::UnsupportedMediaType(_) => Code::InvalidArgument,
@@ -199,10 +231,7 @@ impl IntoResponse for ApiError {
             errors: self.config_errors(),
         };
         let mut res = (status, axum::Json(body)).into_response();
-        if status == StatusCode::UNAUTHORIZED {
-            res.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
+        self.add_headers(res.headers_mut());
         res
     }
 }

@@ -25,6 +25,7 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tonic_health::server::{HealthReporter, HealthService};
 
+use crate::guard::{self, Guard};
 use crate::metrics::Transport;
 use crate::service::{AllocateView, RequestMeta, Service};
 
@@ -70,6 +71,29 @@ pub async fn serve(
     service: Service,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    serve_with(incoming, service, &Guard::unlimited(), shutdown).await
+}
+
+/// [`serve`] over any stream of connections (plain or TLS, see [`crate::listen::incoming`]),
+/// every evaluation method behind `guard` (client tokens, concurrency limit, deadline; health
+/// and reflection stay open, see [`crate::guard`]).
+pub async fn serve_with<I, IO, IE>(
+    incoming: I,
+    service: Service,
+    guard: &Guard,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()>
+where
+    I: Stream<Item = Result<IO, IE>>,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let (reporter, _) = tonic_health::server::health_reporter();
@@ -95,7 +119,6 @@ pub async fn serve(
         .build_v1alpha()
         .context("building the gRPC reflection service (v1alpha)")?;
 
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let mut draining = stop_rx.clone();
     let signal = async move {
         shutdown.await;
@@ -103,7 +126,9 @@ pub async fn serve(
         set_health(&reporter, ServingStatus::NotServing).await;
         let _ = stop_tx.send(true);
     };
+    let layer = guard.layer::<guard::Grpc>(service.metrics().map(|m| &**m));
     let server = tonic::transport::Server::builder()
+        .layer(layer)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -20,6 +20,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::ApiError;
+use crate::guard::{self, Guard};
 use crate::metrics::Transport;
 use crate::service::{RequestMeta, Service};
 use crate::state::ConfigStore;
@@ -33,8 +34,16 @@ pub const BAGGAGE: &str = "baggage";
 /// The `traceparent` header name.
 pub const TRACEPARENT: &str = "traceparent";
 
-/// The evaluation router: `POST /v1/allocate`, `GET /v1/config`, and OFREP ([`crate::ofrep`]).
+/// The evaluation router: `POST /v1/allocate`, `GET /v1/config`, and OFREP ([`crate::ofrep`]),
+/// behind a [`Guard::unlimited`] (no tokens, no shedding: for embedding and tests).
 pub fn router(service: Service) -> Router {
+    guarded(service, &Guard::unlimited())
+}
+
+/// The evaluation router behind `guard` (client tokens, concurrency limit, request timeout;
+/// see [`crate::guard`]), counting rejections in the service's metrics.
+pub fn guarded(service: Service, guard: &Guard) -> Router {
+    let layer = guard.layer::<guard::Http>(service.metrics().map(|m| &**m));
     Router::new()
         .route("/v1/allocate", post(allocate))
         .route("/v1/config", get(config))
@@ -42,6 +51,7 @@ pub fn router(service: Service) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(service.clone())
         .merge(crate::ofrep::router(service))
+        .layer(layer)
 }
 
 async fn allocate(

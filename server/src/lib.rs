@@ -4,12 +4,15 @@
 //! stamping. One [`service::Service`] holds the logic; transports only map requests,
 //! responses and errors. See ARCHITECTURE.md for the request and reload paths.
 
+pub mod access;
 pub mod admin;
 pub mod app;
 pub mod error;
 pub mod flagd;
 pub mod grpc;
+pub mod guard;
 pub mod http;
+pub mod listen;
 pub mod log;
 pub mod metrics;
 pub mod ofrep;

@@ -2,7 +2,7 @@
 //!
 //! Owns the registry and every metric family. The request path only touches pre-resolved
 //! handles or label sets made of `&'static str` and integers, so counting allocates nothing:
-//! per-experiment counters are resolved once per config revision into [`AllocTable`].
+//! per-experiment counters are resolved once per config revision into `AllocTable`.
 //! Must not hold a lock across a request or format strings per request.
 
 use std::collections::HashMap;
@@ -53,6 +53,43 @@ struct ReloadLabels {
     result: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RejectLabels {
+    transport: &'static str,
+    reason: &'static str,
+}
+
+/// Why a request was refused before it reached a handler (`allot_requests_rejected_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rejection {
+    /// Shed at `--max-concurrency` (HTTP 503, gRPC `RESOURCE_EXHAUSTED`).
+    Overload,
+    /// Cut at `--request-timeout` or the caller's `grpc-timeout`.
+    Timeout,
+    /// No or a wrong client token.
+    Unauthenticated,
+}
+
+/// Pre-resolved `allot_requests_rejected_total` counters of one transport, so counting a
+/// rejection neither hashes labels nor takes the family lock.
+#[derive(Debug, Clone)]
+pub struct RejectCounters {
+    overload: Counter,
+    timeout: Counter,
+    unauthenticated: Counter,
+}
+
+impl RejectCounters {
+    /// Counts one rejection.
+    pub fn inc(&self, why: Rejection) {
+        match why {
+            Rejection::Overload => self.overload.inc(),
+            Rejection::Timeout => self.timeout.inc(),
+            Rejection::Unauthenticated => self.unauthenticated.inc(),
+        };
+    }
+}
+
 type HistogramFamily = Family<RequestLabels, Histogram, fn() -> Histogram>;
 
 /// Every metric the server exports. Cheap to share (`Arc`).
@@ -66,6 +103,8 @@ pub struct Metrics {
     log_lines: Counter,
     log_dropped: Counter,
     persist_failures: Counter,
+    rejected: Family<RejectLabels, Counter>,
+    in_flight: Gauge,
     table: ArcSwapOption<AllocTable>,
     /// Request counter and histogram handles already resolved, by label set (at most
     /// [`HOT_LIMIT`]), so a request neither hashes its labels nor takes the family locks.
@@ -147,8 +186,22 @@ impl Metrics {
             "Accepted configs that could not be written to --state-dir",
             persist_failures.clone(),
         );
+        let rejected = Family::<RejectLabels, Counter>::default();
+        registry.register(
+            "requests_rejected",
+            "Evaluation requests refused before a handler ran, by transport and reason (overload, timeout, unauthenticated)",
+            rejected.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "requests_in_flight",
+            "Evaluation requests holding a --max-concurrency slot now (streams hold none)",
+            in_flight.clone(),
+        );
         Arc::new(Self {
             registry,
+            rejected,
+            in_flight,
             requests,
             latency,
             allocations,
@@ -172,10 +225,7 @@ impl Metrics {
         elapsed: Duration,
     ) {
         let labels = RequestLabels {
-            transport: match transport {
-                Transport::Http => "http",
-                Transport::Grpc => "grpc",
-            },
+            transport: transport_name(transport),
             endpoint,
             status,
         };
@@ -200,6 +250,29 @@ impl Metrics {
                 }
                 list
             });
+        }
+    }
+
+    /// The in-flight gauge, shared with the [`crate::guard::Guard`] that counts its slots in it.
+    pub fn in_flight_gauge(&self) -> Gauge {
+        self.in_flight.clone()
+    }
+
+    /// The rejection counters of `transport` (every reason is registered, so each renders as 0
+    /// before the first rejection).
+    pub fn reject_counters(&self, transport: Transport) -> RejectCounters {
+        let get = |reason| {
+            self.rejected
+                .get_or_create(&RejectLabels {
+                    transport: transport_name(transport),
+                    reason,
+                })
+                .clone()
+        };
+        RejectCounters {
+            overload: get("overload"),
+            timeout: get("timeout"),
+            unauthenticated: get("unauthenticated"),
         }
     }
 
@@ -310,6 +383,14 @@ impl Metrics {
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// The label value of a transport.
+fn transport_name(transport: Transport) -> &'static str {
+    match transport {
+        Transport::Http => "http",
+        Transport::Grpc => "grpc",
     }
 }
 

@@ -89,12 +89,16 @@ pub fn error_code(e: &ApiError) -> &'static str {
     }
 }
 
-/// The HTTP status of a request-level error: 404, 413, 503, 500, else 400.
+/// The HTTP status of a request-level error: 401, 403, 404, 413, 503, 500, else 400.
 fn error_status(e: &ApiError) -> StatusCode {
     match e {
         ApiError::FlagNotFound(_) => StatusCode::NOT_FOUND,
         ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+        ApiError::NotReady | ApiError::Overloaded | ApiError::Timeout { .. } => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        ApiError::Unauthorized | ApiError::ClientToken => StatusCode::UNAUTHORIZED,
+        ApiError::Forbidden => StatusCode::FORBIDDEN,
         ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_REQUEST,
     }
@@ -118,7 +122,9 @@ pub fn error_response(key: Option<&str>, e: &ApiError) -> Response {
         error_code: error_code(e),
         error_details: e.to_string(),
     };
-    (error_status(e), axum::Json(body)).into_response()
+    let mut res = (error_status(e), axum::Json(body)).into_response();
+    e.add_headers(res.headers_mut());
+    res
 }
 
 /// The engine's per-flag error as OFREP `errorCode` and `errorDetails`.

@@ -39,6 +39,16 @@ pub struct Settings {
     #[arg(long, env = "ALLOT_UPSTREAM", value_name = "URL")]
     pub upstream: Option<String>,
 
+    /// Client token presented to the --upstream server (when it runs with --client-tokens).
+    #[arg(
+        long,
+        env = "ALLOT_UPSTREAM_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true,
+        requires = "upstream"
+    )]
+    pub upstream_token: Option<String>,
+
     /// Evaluation HTTP listen address (`/v1/allocate`, `/v1/config`).
     #[arg(long, env = "ALLOT_HTTP_ADDR", default_value = "0.0.0.0:8016")]
     pub http_addr: SocketAddr,
@@ -82,6 +92,56 @@ pub struct Settings {
     /// How often the --config file is checked for changes.
     #[arg(long, env = "ALLOT_CONFIG_POLL", default_value = "250ms")]
     pub config_poll: humantime::Duration,
+
+    /// TLS certificate chain (PEM) for all three ports; needs --tls-key. Plaintext when unset.
+    #[arg(
+        long,
+        env = "ALLOT_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1) matching --tls-cert.
+    #[arg(
+        long,
+        env = "ALLOT_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// Client tokens file: one token per line (`#` comments, blank lines ignored). When set,
+    /// every evaluation request (HTTP, OFREP, gRPC, flagd) must present one.
+    #[arg(long, env = "ALLOT_CLIENT_TOKENS", value_name = "FILE")]
+    pub client_tokens: Option<PathBuf>,
+
+    /// Most evaluation requests in flight per process; past it requests are shed (HTTP 503
+    /// with `Retry-After: 1`, gRPC `RESOURCE_EXHAUSTED`) instead of queued.
+    #[arg(long, env = "ALLOT_MAX_CONCURRENCY", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrency: u32,
+
+    /// Longest an evaluation request may take (HTTP 503 `TIMEOUT`, gRPC `DEADLINE_EXCEEDED`);
+    /// a shorter incoming `grpc-timeout` wins.
+    #[arg(long, env = "ALLOT_REQUEST_TIMEOUT", default_value = "2s")]
+    pub request_timeout: humantime::Duration,
+
+    /// How long an HTTP/1 client may take to send a request's headers (a connection's first
+    /// request and every keep-alive one), and any client the first bytes of a connection (the
+    /// HTTP/2 preface on the gRPC port), before the connection is closed.
+    #[arg(long, env = "ALLOT_HEADER_READ_TIMEOUT", default_value = "5s")]
+    pub header_read_timeout: humantime::Duration,
+
+    /// Largest HTTP/1 request head (request line and headers) in bytes, at least 8192; larger
+    /// ones get `431 Request Header Fields Too Large`. Also the HTTP/2 header list limit.
+    #[arg(long, env = "ALLOT_MAX_HEADER_BYTES", default_value_t = 32 * 1024,
+          value_parser = clap::value_parser!(u32).range(8192..))]
+    pub max_header_bytes: u32,
+
+    /// How long a TLS handshake may take before the connection is dropped.
+    #[arg(long, env = "ALLOT_TLS_HANDSHAKE_TIMEOUT", default_value = "10s")]
+    pub tls_handshake_timeout: humantime::Duration,
 }
 
 // === impl Settings ===
@@ -115,6 +175,11 @@ impl Settings {
         })
     }
 
+    /// The request timeout (at least 1 ms: a zero timeout would fail every request).
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from(self.request_timeout).max(Duration::from_millis(1))
+    }
+
     /// The --config poll interval (at least 10 ms).
     pub fn poll_interval(&self) -> Duration {
         Duration::from(self.config_poll).max(Duration::from_millis(10))
@@ -146,5 +211,27 @@ mod tests {
         assert_eq!(o.target, log::Target::Stdout);
         assert_eq!(o.ttl, Duration::from_secs(90));
         assert!(Settings::try_parse_from(["allot-server", "--http-addr", "nope"]).is_err());
+        assert_eq!(s.max_concurrency, 1024);
+        assert_eq!(s.request_timeout(), Duration::from_secs(2));
+        assert_eq!(
+            Duration::from(s.header_read_timeout),
+            Duration::from_secs(5)
+        );
+        assert_eq!(s.max_header_bytes, 32 * 1024);
+        assert!(s.tls_cert.is_none() && s.tls_key.is_none() && s.client_tokens.is_none());
+    }
+
+    #[test]
+    fn bad_hardening_flags_are_errors_naming_the_flag() {
+        let err = |args: &[&str]| {
+            Settings::try_parse_from(["allot-server"].iter().chain(args).copied())
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(&["--tls-cert", "c.pem"]).contains("--tls-key"));
+        assert!(err(&["--tls-key", "k.pem"]).contains("--tls-cert"));
+        assert!(err(&["--max-concurrency", "0"]).contains("--max-concurrency"));
+        assert!(err(&["--max-header-bytes", "100"]).contains("--max-header-bytes"));
+        assert!(err(&["--request-timeout", "soon"]).contains("--request-timeout"));
     }
 }

@@ -39,13 +39,33 @@ pub async fn follow(url: String, store: Arc<ConfigStore>, shutdown: watch::Recei
 pub async fn follow_with(
     url: String,
     store: Arc<ConfigStore>,
+    shutdown: watch::Receiver<bool>,
+    metrics: Option<Arc<Metrics>>,
+) {
+    follow_authorized(url, None, store, shutdown, metrics).await;
+}
+
+/// [`follow_with`], presenting `token` (`authorization: Bearer <token>`) to an upstream
+/// started with `--client-tokens`.
+pub async fn follow_authorized(
+    url: String,
+    token: Option<String>,
+    store: Arc<ConfigStore>,
     mut shutdown: watch::Receiver<bool>,
     metrics: Option<Arc<Metrics>>,
 ) {
     let mut backoff = Backoff::default();
+    let authorization = match token.map(|t| MetadataValue::try_from(format!("Bearer {t}"))) {
+        None => None,
+        Some(Ok(value)) => Some(value),
+        Some(Err(_)) => {
+            tracing::error!(upstream = %url, "--upstream-token is not a valid header value; following without it");
+            None
+        }
+    };
     loop {
         tokio::select! {
-            result = watch_once(&url, &store, metrics.as_deref(), &mut backoff) => match result {
+            result = watch_once(&url, authorization.as_ref(), &store, metrics.as_deref(), &mut backoff) => match result {
                 Ok(()) => tracing::info!(upstream = %url, "upstream closed the config stream"),
                 Err(error) => tracing::warn!(upstream = %url, %error, "upstream config stream failed"),
             },
@@ -64,6 +84,7 @@ pub async fn follow_with(
 /// ends (`Ok`) or fails (`Err`).
 async fn watch_once(
     url: &str,
+    authorization: Option<&MetadataValue<tonic::metadata::Ascii>>,
     store: &Arc<ConfigStore>,
     metrics: Option<&Metrics>,
     backoff: &mut Backoff,
@@ -82,6 +103,11 @@ async fn watch_once(
     let serving = store.load_full();
     let known_revision = serving.as_ref().map_or(0, |s| s.revision());
     let mut request = tonic::Request::new(WatchConfigRequest { known_revision });
+    if let Some(value) = authorization {
+        request
+            .metadata_mut()
+            .insert("authorization", value.clone());
+    }
     if let Some(s) = &serving {
         // The revision alone could match a different document on a restarted upstream.
         let hash = format!("{:016x}", s.content_hash());

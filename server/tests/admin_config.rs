@@ -21,6 +21,7 @@ fn admin(store: &Arc<ConfigStore>, token: Option<&str>) -> Router {
         service: service(store).with_metrics(metrics.clone()),
         token: token.map(Arc::from),
         metrics,
+        private_reads: false,
     })
 }
 

@@ -39,6 +39,8 @@ pub(super) struct Sources {
     pub(super) grpc: String,
     pub(super) http: String,
     pub(super) poll_interval: Duration,
+    /// `Bearer <client token>`, sent with every request when set.
+    pub(super) authorization: Option<String>,
 }
 
 /// How a gRPC attempt ended.
@@ -63,7 +65,7 @@ pub(super) async fn run(sources: Sources, shared: Weak<Shared>) {
     let mut grpc_after = Instant::now();
     loop {
         if Instant::now() >= grpc_after {
-            match watch(&sources.grpc, &shared, &mut backoff).await {
+            match watch(&sources, &shared, &mut backoff).await {
                 Watch::Gone => return,
                 Watch::Ended(status) => {
                     tracing::info!(server = %sources.grpc, ?status, "allot client: config stream ended");
@@ -77,7 +79,7 @@ pub(super) async fn run(sources: Sources, shared: Weak<Shared>) {
                 }
             }
         }
-        match poll(&http, &sources.http, &shared).await {
+        match poll(&http, &sources, &shared).await {
             Poll::Gone => return,
             Poll::Answered => {
                 if grpc_after <= Instant::now() {
@@ -108,8 +110,13 @@ async fn sleep(d: Duration, shared: &Weak<Shared>) -> bool {
 }
 
 /// One `WatchConfig` stream, from the held revision and hash, applying updates until it ends.
-async fn watch(url: &str, shared: &Weak<Shared>, backoff: &mut Backoff) -> Watch {
-    let stream = tokio::time::timeout(ESTABLISH_TIMEOUT, open(url, shared)).await;
+async fn watch(sources: &Sources, shared: &Weak<Shared>, backoff: &mut Backoff) -> Watch {
+    let url = sources.grpc.as_str();
+    let stream = tokio::time::timeout(
+        ESTABLISH_TIMEOUT,
+        open(url, sources.authorization.as_deref(), shared),
+    )
+    .await;
     let mut stream = match stream {
         Err(_) => return Watch::NotEstablished(tonic::Status::deadline_exceeded("timed out")),
         Ok(Err(status)) => return Watch::NotEstablished(status),
@@ -157,6 +164,7 @@ async fn watch(url: &str, shared: &Weak<Shared>, backoff: &mut Backoff) -> Watch
 /// Connects and opens the stream; `Ok(None)` if every `Client` is gone.
 async fn open(
     url: &str,
+    authorization: Option<&str>,
     shared: &Weak<Shared>,
 ) -> Result<Option<tonic::Streaming<allot_proto::allot::v1::ConfigUpdate>>, tonic::Status> {
     let endpoint = Endpoint::from_shared(url.to_owned())
@@ -175,6 +183,12 @@ async fn open(
     };
     let known_revision = held.as_ref().map_or(0, |s| s.revision());
     let mut request = tonic::Request::new(WatchConfigRequest { known_revision });
+    if let Some(auth) = authorization {
+        let value = MetadataValue::try_from(auth).map_err(|_| {
+            tonic::Status::invalid_argument("the client token is not a valid header value")
+        })?;
+        request.metadata_mut().insert("authorization", value);
+    }
     if let Some(s) = &held {
         // The revision alone could match a different document on a restarted server.
         let hash = format!("{:016x}", s.content_hash());
@@ -201,12 +215,16 @@ enum Poll {
 }
 
 /// One `GET /v1/config` with `If-None-Match` of the held config.
-async fn poll(http: &reqwest::Client, base: &str, shared: &Weak<Shared>) -> Poll {
+async fn poll(http: &reqwest::Client, sources: &Sources, shared: &Weak<Shared>) -> Poll {
+    let base = sources.http.as_str();
     let Some(held) = shared.upgrade().map(|s| s.current.load_full()) else {
         return Poll::Gone;
     };
     let url = format!("{}/v1/config", base.trim_end_matches('/'));
     let mut request = http.get(&url);
+    if let Some(auth) = &sources.authorization {
+        request = request.header("authorization", auth);
+    }
     if let Some(s) = &held {
         request = request.header(
             "if-none-match",

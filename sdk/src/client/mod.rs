@@ -137,6 +137,17 @@ pub struct ClientBuilder {
     bootstrap: Option<Bootstrap>,
     cache_dir: Option<PathBuf>,
     stamp_budget: usize,
+    token: Option<Token>,
+}
+
+/// A client token; its `Debug` form hides it.
+#[derive(Clone)]
+struct Token(String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -171,6 +182,7 @@ impl Client {
             bootstrap: None,
             cache_dir: None,
             stamp_budget: stamp::DEFAULT_BUDGET,
+            token: None,
         }
     }
 
@@ -305,6 +317,13 @@ impl ClientBuilder {
         self
     }
 
+    /// A client token for a server started with `--client-tokens`: sent as
+    /// `authorization: Bearer <token>` on `WatchConfig` and `GET /v1/config`.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(Token(token.into()));
+        self
+    }
+
     /// Loads the cache or the bootstrap (synchronously, so the client is ready on return if
     /// either holds a config) and starts following the server in a background task on the
     /// current tokio runtime.
@@ -341,6 +360,7 @@ impl ClientBuilder {
             grpc: self.grpc.unwrap_or_else(|| self.url.clone()),
             http: self.http.unwrap_or(self.url),
             poll_interval: self.poll_interval,
+            authorization: self.token.map(|t| format!("Bearer {}", t.0)),
         };
         // The task holds only a weak reference, so dropping every `Client` ends it even
         // while it is between two await points.

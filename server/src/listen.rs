@@ -1,0 +1,537 @@
+//! The listeners of all three ports: accepts TCP (with `TCP_NODELAY`), optionally terminates
+//! TLS (rustls with the `ring` provider), and serves HTTP/1.1 and HTTP/2 connections for the
+//! axum routers ([`serve_http`]) or hands finished connections to tonic ([`incoming`]).
+//!
+//! Slow clients never hold the accept loop: every connection's TLS handshake and protocol
+//! detection (HTTP/2 preface or not; on the gRPC port the preface is required) run in its own
+//! task, each under a deadline (`--tls-handshake-timeout`, `--header-read-timeout`). On HTTP/1, hyper closes a connection whose request head has not
+//! arrived within `--header-read-timeout` (no response is written; this also bounds how long an
+//! idle keep-alive connection stays open) and answers a head larger than `--max-header-bytes`
+//! (or with more than [`MAX_HEADERS`] headers) with `431 Request Header Fields Too Large`.
+//!
+//! Shutdown: stop accepting, close connections that are still handshaking, let in-flight
+//! requests finish (keep-alive connections close after their current request), and give up on
+//! the stragglers after [`crate::grpc::DRAIN_TIMEOUT`]. Must not know about routes or tokens.
+
+use std::future::Future;
+use std::io;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::Connected;
+
+/// Most headers an HTTP/1 request may carry (hyper's default, stated here so it is documented).
+pub const MAX_HEADERS: usize = 100;
+
+/// ALPN protocols offered on the HTTP ports: HTTP/2 first, then HTTP/1.1.
+pub const ALPN_HTTP: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+/// ALPN protocols offered on the gRPC port (gRPC is HTTP/2 only).
+pub const ALPN_GRPC: &[&[u8]] = &[b"h2"];
+
+/// The HTTP/2 connection preface; a plaintext connection starting with it is served as h2c.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A bound port and how its connections are secured.
+pub struct Listener {
+    tcp: TcpListener,
+    handshake: Handshake,
+}
+
+/// How an accepted connection is secured; cloned into each connection's task (never the
+/// listener itself, so dropping the listener closes the port at once).
+#[derive(Clone)]
+struct Handshake {
+    tls: Option<TlsAcceptor>,
+    timeout: Duration,
+}
+
+/// Per-connection HTTP limits of [`serve_http`].
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// How long a client may take to send a request head (HTTP/1) or the first bytes of a
+    /// connection (protocol detection, both versions).
+    pub header_read_timeout: Duration,
+    /// Largest HTTP/1 request head, and the HTTP/2 header list limit, in bytes (at least 8192,
+    /// hyper's minimum buffer).
+    pub max_header_bytes: usize,
+    /// How long a shutdown waits for in-flight requests.
+    pub drain_timeout: Duration,
+}
+
+/// An accepted connection: plain TCP or TLS over TCP.
+#[derive(Debug)]
+pub enum Conn {
+    /// Plaintext.
+    Plain(TcpStream),
+    /// TLS, after a completed handshake.
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// Loads a certificate chain and its private key (PEM) into a rustls server config using the
+/// `ring` provider. Errors name the flag and file at fault.
+pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(|e| anyhow::anyhow!("--tls-cert {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        bail!(
+            "--tls-cert {}: no PEM `CERTIFICATE` block found",
+            cert.display()
+        );
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        anyhow::anyhow!(
+            "--tls-key {}: no usable PEM private key (PKCS#8, PKCS#1 or SEC1): {e}",
+            key.display()
+        )
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .with_context(|| {
+            format!(
+                "--tls-key {} does not match --tls-cert {} or is unsupported",
+                key.display(),
+                cert.display()
+            )
+        })?;
+    Ok(Arc::new(config))
+}
+
+/// A TLS acceptor over `base` offering `alpn`.
+pub fn acceptor(base: &rustls::ServerConfig, alpn: &[&[u8]]) -> TlsAcceptor {
+    let mut config = base.clone();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    TlsAcceptor::from(Arc::new(config))
+}
+
+/// Serves `router` on `listener` (HTTP/1.1, and HTTP/2 by ALPN or prior knowledge) until
+/// `shutdown` completes, then drains as the module docs say.
+pub async fn serve_http(
+    listener: Listener,
+    router: Router,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let graceful = GracefulShutdown::new();
+    let closing = CancellationToken::new();
+    tokio::pin!(shutdown);
+    loop {
+        let tcp = tokio::select! {
+            () = &mut shutdown => break,
+            tcp = listener.accept() => tcp,
+        };
+        // Subscribed before the task starts, so a shutdown that begins while it handshakes is
+        // still seen by the connection.
+        let watcher = graceful.watcher();
+        let (handshake, router, closing) =
+            (listener.handshake.clone(), router.clone(), closing.clone());
+        tokio::spawn(async move {
+            let conn = tokio::select! {
+                conn = handshake.run(tcp) => conn,
+                () = closing.cancelled() => return,
+            };
+            if let Some(conn) = conn {
+                serve_connection(conn, router, limits, watcher, closing).await;
+            }
+        });
+    }
+    // Stop accepting now: new clients are refused instead of left waiting.
+    drop(listener);
+    closing.cancel();
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(timeout = ?limits.drain_timeout, "HTTP drain timed out; closing remaining connections");
+    }
+    Ok(())
+}
+
+/// The connections of `listener` for `tonic::transport::Server::serve_with_incoming_shutdown`,
+/// each after its TLS handshake and after the HTTP/2 preface arrived within
+/// `preface_timeout` (a client that connects and stays silent, or speaks anything but HTTP/2,
+/// is dropped instead of holding a connection). Accepting stops when the stream is dropped
+/// (tonic drops it as soon as its shutdown signal fires).
+pub fn incoming(
+    listener: Listener,
+    preface_timeout: Duration,
+) -> ReceiverStream<Result<Prefixed<Conn>, io::Error>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let tcp = tokio::select! {
+                () = tx.closed() => return,
+                tcp = listener.accept() => tcp,
+            };
+            let (handshake, tx) = (listener.handshake.clone(), tx.clone());
+            tokio::spawn(async move {
+                let ready = async {
+                    let mut conn = handshake.run(tcp).await?;
+                    match tokio::time::timeout(preface_timeout, read_preface(&mut conn)).await {
+                        Ok(Ok((true, prefix))) => Some(Prefixed {
+                            prefix,
+                            read: 0,
+                            inner: conn,
+                        }),
+                        Ok(Ok((false, _))) => {
+                            tracing::debug!("not HTTP/2 on the gRPC port; closing");
+                            None
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "gRPC connection closed before its preface");
+                            None
+                        }
+                        Err(_) => {
+                            tracing::debug!(timeout = ?preface_timeout, "no HTTP/2 preface in time; closing");
+                            None
+                        }
+                    }
+                };
+                let conn = tokio::select! {
+                    conn = ready => conn,
+                    () = tx.closed() => return,
+                };
+                if let Some(conn) = conn {
+                    let _ = tx.send(Ok(conn)).await;
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+// === impl Listener ===
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("addr", &self.tcp.local_addr().ok())
+            .field("tls", &self.handshake.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Listener {
+    /// `tcp`, secured by `tls` when given; a handshake longer than `handshake_timeout` drops
+    /// the connection.
+    pub fn new(tcp: TcpListener, tls: Option<TlsAcceptor>, handshake_timeout: Duration) -> Self {
+        Self {
+            tcp,
+            handshake: Handshake {
+                tls,
+                timeout: handshake_timeout,
+            },
+        }
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.tcp.local_addr()
+    }
+
+    /// The next TCP connection, with `TCP_NODELAY` (responses are small, latency matters).
+    /// Accept errors (out of file descriptors, a connection reset before accept) are logged
+    /// and retried after a pause instead of ending the server.
+    async fn accept(&self) -> TcpStream {
+        loop {
+            match self.tcp.accept().await {
+                Ok((stream, _)) => {
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::trace!(error = %e, "cannot set TCP_NODELAY");
+                    }
+                    return stream;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "accept failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+}
+
+// === impl Handshake ===
+
+impl Handshake {
+    /// The connection after its TLS handshake (when TLS is on); `None` when the handshake
+    /// fails or times out (logged at debug: a port scan or a plaintext client is not an
+    /// error of ours).
+    async fn run(&self, tcp: TcpStream) -> Option<Conn> {
+        let Some(tls) = &self.tls else {
+            return Some(Conn::Plain(tcp));
+        };
+        let peer = tcp.peer_addr().ok();
+        match tokio::time::timeout(self.timeout, tls.accept(tcp)).await {
+            Ok(Ok(stream)) => Some(Conn::Tls(Box::new(stream))),
+            Ok(Err(e)) => {
+                tracing::debug!(?peer, error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(?peer, timeout = ?self.timeout, "TLS handshake timed out");
+                None
+            }
+        }
+    }
+}
+
+/// Serves one connection: detects HTTP/2 (its preface) or HTTP/1 from the first bytes within
+/// the header read timeout, then hands it to hyper under `watcher`.
+async fn serve_connection(
+    mut conn: Conn,
+    router: Router,
+    limits: HttpLimits,
+    watcher: Watcher,
+    closing: CancellationToken,
+) {
+    let detected = tokio::select! {
+        d = tokio::time::timeout(limits.header_read_timeout, read_preface(&mut conn)) => d,
+        () = closing.cancelled() => return,
+    };
+    let (h2, prefix) = match detected {
+        Ok(Ok(detected)) => detected,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "connection closed before a request");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(timeout = ?limits.header_read_timeout, "no request bytes in time; closing the connection");
+            return;
+        }
+    };
+    let io = TokioIo::new(Prefixed {
+        prefix,
+        read: 0,
+        inner: conn,
+    });
+    let service = TowerToHyperService::new(router);
+    let result = if h2 {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        watcher.watch(builder.serve_connection(io, service)).await
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes.max(8192))
+            .max_headers(MAX_HEADERS);
+        watcher.watch(builder.serve_connection(io, service)).await
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "HTTP connection ended with an error");
+    }
+}
+
+/// Reads until the bytes read either are the HTTP/2 preface (`true`) or stop matching it
+/// (`false`, HTTP/1); returns them so they can be replayed. EOF before any decision is an error.
+async fn read_preface<I: AsyncRead + Unpin>(io: &mut I) -> io::Result<(bool, Vec<u8>)> {
+    let mut buf = vec![0; H2_PREFACE.len()];
+    let mut filled = 0;
+    while filled < H2_PREFACE.len() {
+        let n = io.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let matches = buf[filled..filled + n] == H2_PREFACE[filled..filled + n];
+        filled += n;
+        if !matches {
+            buf.truncate(filled);
+            return Ok((false, buf));
+        }
+    }
+    Ok((true, buf))
+}
+
+/// An I/O stream whose first reads replay the bytes protocol detection consumed.
+#[derive(Debug)]
+pub struct Prefixed<I> {
+    prefix: Vec<u8>,
+    read: usize,
+    inner: I,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if let Some(rest) = this.prefix.get(this.read..)
+            && !rest.is_empty()
+        {
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            this.read += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+// === impl Conn ===
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Conn::Plain(s) => s.is_write_vectored(),
+            Conn::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+impl Connected for Prefixed<Conn> {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+impl Connected for Conn {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        match self {
+            Conn::Plain(s) => s.connect_info(),
+            Conn::Tls(s) => s.get_ref().0.connect_info(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn preface_detection_and_replay() {
+        let check = |input: &'static [u8], h2: bool, consumed: &'static [u8]| async move {
+            let mut io = input;
+            let (is_h2, prefix) = read_preface(&mut io).await.unwrap();
+            assert_eq!(is_h2, h2);
+            // A slice reader hands over up to the preface's length at once.
+            assert_eq!(prefix, &input[..input.len().min(H2_PREFACE.len())]);
+            assert!(prefix.starts_with(consumed));
+            // Replayed prefix, then the rest, byte for byte.
+            let mut replay = Prefixed {
+                prefix,
+                read: 0,
+                inner: io,
+            };
+            let mut all = Vec::new();
+            replay.read_to_end(&mut all).await.unwrap();
+            assert_eq!(all, input);
+        };
+        check(b"GET / HTTP/1.1\r\n\r\n", false, b"G").await;
+        check(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0", true, H2_PREFACE).await;
+        check(b"PRI * HTTP/1.1\r\n", false, b"PRI * HTTP/1.1\r\n").await;
+        let mut empty: &[u8] = b"";
+        assert!(read_preface(&mut empty).await.is_err());
+        let mut partial: &[u8] = b"PRI";
+        assert!(read_preface(&mut partial).await.is_err());
+    }
+}

@@ -1,0 +1,528 @@
+//! Overload and slow clients, through real sockets: requests past `--max-concurrency` are shed
+//! (HTTP 503 + `Retry-After: 1`, gRPC `RESOURCE_EXHAUSTED`) while admitted ones stay correct,
+//! and everything succeeds again once the burst is over; `--request-timeout` and an incoming
+//! `grpc-timeout` cut slow requests; slow header senders are disconnected after
+//! `--header-read-timeout` while others are served; oversized heads get 431.
+//!
+//! Requests are held in flight for real: a request whose body has not fully arrived holds its
+//! slot until the rest comes (or the timeout fires). No assertion depends on wall-clock time.
+
+mod http_support;
+mod net_support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use allot_proto::allot::v1::allocator_client::AllocatorClient;
+use allot_proto::allot::v1::{AllocateRequest, WatchConfigRequest};
+use allot_proto::flagd::evaluation::v2;
+use allot_server::app::Server;
+use axum::body::Bytes;
+use http_body_util::StreamBody;
+use http_support::CONFIG;
+use hyper::body::Frame;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use net_support::{Client, HANG, metric, start, until};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+use tonic::transport::Channel;
+
+const BODY: &str = r#"{"context": {"targetingKey": "m-1", "device_id": "d-1"}}"#;
+
+/// The allocations the server must answer for [`BODY`].
+fn expected(server: &Server) -> Vec<(String, String)> {
+    let ctx = allot::Context::from(
+        json!({"targetingKey": "m-1", "device_id": "d-1"})
+            .as_object()
+            .unwrap()
+            .clone(),
+    );
+    let snapshot = server.store().load_full().unwrap();
+    snapshot
+        .allocate(&ctx)
+        .assignments()
+        .iter()
+        .map(|a| (a.experiment.to_owned(), a.cell.to_owned()))
+        .collect()
+}
+
+fn cells(body: &Value) -> Vec<(String, String)> {
+    body["allocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["experiment"].as_str().unwrap().to_owned(),
+                a["cell"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn context() -> prost_types::Struct {
+    allot_proto::convert::json_map_to_struct(
+        json!({"targetingKey": "m-1", "device_id": "d-1"})
+            .as_object()
+            .unwrap(),
+    )
+}
+
+/// An HTTP/1.1 `POST /v1/allocate` whose body stops halfway: it holds its slot until
+/// [`Held::finish`] sends the rest (or the server times it out).
+struct Held {
+    tcp: TcpStream,
+}
+
+impl Held {
+    async fn open(addr: SocketAddr) -> Self {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /v1/allocate HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            BODY.len()
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        tcp.write_all(&BODY.as_bytes()[..10]).await.unwrap();
+        Self { tcp }
+    }
+
+    /// Sends the rest of the body; returns the raw response.
+    async fn finish(mut self) -> String {
+        self.tcp.write_all(&BODY.as_bytes()[10..]).await.unwrap();
+        self.response().await
+    }
+
+    /// Reads the response until the server closes.
+    async fn response(&mut self) -> String {
+        let mut out = Vec::new();
+        tokio::time::timeout(HANG, self.tcp.read_to_end(&mut out))
+            .await
+            .expect("response in time")
+            .unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// The status and JSON body of a raw HTTP/1.1 response (`connection: close`, no chunking).
+fn parse_raw(raw: &str) -> (u16, Value) {
+    let status = raw
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {raw:?}"));
+    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+async fn in_flight(mgmt: &Client) -> f64 {
+    metric(mgmt, "allot_requests_in_flight ").await
+}
+
+async fn grpc(server: &Server) -> Channel {
+    Channel::from_shared(format!("http://{}", server.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn excess_requests_are_shed_and_the_server_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(
+        dir.path(),
+        CONFIG,
+        &["--max-concurrency", "2", "--request-timeout", "60s"],
+    )
+    .await;
+    let want = expected(&server);
+    let http = Client::plain(server.http_addr);
+    let mgmt = Client::plain(server.mgmt_addr);
+    let ch = grpc(&server).await;
+    let mut native = AllocatorClient::new(ch.clone());
+    let mut flagd = v2::service_client::ServiceClient::new(ch.clone());
+
+    // Both slots held by slow bodies.
+    let a = Held::open(server.http_addr).await;
+    let b = Held::open(server.http_addr).await;
+    until("two requests in flight", || async {
+        in_flight(&mgmt).await == 2.0
+    })
+    .await;
+
+    // Everything else that needs a slot is shed at once, on every API.
+    let mut shed = 0;
+    let burst: Vec<_> = (0..20)
+        .map(|i| {
+            let http = http.clone();
+            tokio::spawn(async move {
+                let path = if i % 2 == 0 {
+                    "/v1/allocate"
+                } else {
+                    "/ofrep/v1/evaluate/flags"
+                };
+                (path, http.post(path, &[], BODY).await)
+            })
+        })
+        .collect();
+    for task in burst {
+        let (path, r) = task.await.unwrap();
+        assert_eq!(r.status, 503, "{path}: {}", r.text());
+        assert_eq!(r.header("retry-after").as_deref(), Some("1"), "{path}");
+        let json = r.json();
+        if path.starts_with("/ofrep/") {
+            assert_eq!(json["errorCode"], "GENERAL", "{json}");
+        } else {
+            assert_eq!(json["code"], "OVERLOADED", "{json}");
+        }
+        shed += 1;
+    }
+    let status = native
+        .allocate(AllocateRequest {
+            context: Some(context()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let status = flagd
+        .resolve_all(v2::ResolveAllRequest {
+            context: Some(context()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    // Streams hold no slot: WatchConfig still opens; health and management still answer.
+    let mut watch = native
+        .watch_config(WatchConfigRequest { known_revision: 0 })
+        .await
+        .expect("WatchConfig needs no slot")
+        .into_inner();
+    assert_eq!(watch.message().await.unwrap().unwrap().revision, 1);
+    assert_eq!(mgmt.get("/readyz", &[]).await.status, 200);
+
+    // The held requests were admitted and complete correctly.
+    let (status, body) = parse_raw(&a.finish().await);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(cells(&body), want);
+
+    // One slot free, a concurrent burst: every answer is a correct 200 or a clean 503.
+    let burst: Vec<_> = (0..40)
+        .map(|_| {
+            let http = http.clone();
+            tokio::spawn(async move { http.post("/v1/allocate", &[], BODY).await })
+        })
+        .collect();
+    let (mut ok, mut refused) = (0, 0);
+    for task in burst {
+        let r = task.await.unwrap();
+        match r.status.as_u16() {
+            200 => {
+                assert_eq!(cells(&r.json()), want);
+                ok += 1;
+            }
+            503 => {
+                assert_eq!(r.header("retry-after").as_deref(), Some("1"));
+                assert_eq!(r.json()["code"], "OVERLOADED");
+                refused += 1;
+            }
+            other => panic!("unexpected status {other}: {}", r.text()),
+        }
+    }
+    assert_eq!(ok + refused, 40);
+    assert!(ok >= 1, "a free slot serves");
+    shed += refused;
+
+    let (status, body) = parse_raw(&b.finish().await);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(cells(&body), want);
+
+    // Recovery: with the burst over, every request succeeds again.
+    until("no request in flight", || async {
+        in_flight(&mgmt).await == 0.0
+    })
+    .await;
+    for _ in 0..10 {
+        let r = http.post("/v1/allocate", &[], BODY).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(cells(&r.json()), want);
+        let reply = native
+            .allocate(AllocateRequest {
+                context: Some(context()),
+            })
+            .await
+            .expect("gRPC recovers")
+            .into_inner();
+        assert_eq!(reply.allocations.len(), want.len());
+    }
+
+    // Every refusal was counted, by transport.
+    let http_shed = metric(
+        &mgmt,
+        r#"allot_requests_rejected_total{transport="http",reason="overload"}"#,
+    )
+    .await;
+    assert_eq!(http_shed, f64::from(shed));
+    let grpc_shed = metric(
+        &mgmt,
+        r#"allot_requests_rejected_total{transport="grpc",reason="overload"}"#,
+    )
+    .await;
+    assert_eq!(grpc_shed, 2.0);
+    drop(watch);
+    server.shutdown().await.unwrap();
+}
+
+/// A gRPC `Allocate` over raw HTTP/2 whose message never completes; returns the
+/// `grpc-status` the server answers with.
+async fn stalled_grpc_call(addr: SocketAddr, grpc_timeout: Option<&str>) -> String {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+    let mut req = hyper::Request::post(format!("http://{addr}/allot.v1.Allocator/Allocate"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    if let Some(t) = grpc_timeout {
+        req = req.header("grpc-timeout", t);
+    }
+    let req = req.body(StreamBody::new(ReceiverStream::new(rx))).unwrap();
+    // A frame header announcing 50 bytes, then nothing.
+    tx.send(Ok(Frame::data(Bytes::from_static(&[0, 0, 0, 0, 50]))))
+        .await
+        .unwrap();
+    let res = tokio::time::timeout(HANG, sender.send_request(req))
+        .await
+        .expect("an answer before the hang limit")
+        .unwrap();
+    let status = res
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap().to_owned());
+    drop(tx);
+    status.expect("a trailers-only gRPC status")
+}
+
+#[tokio::test]
+async fn slow_requests_time_out_and_grpc_timeout_is_honoured() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), CONFIG, &["--request-timeout", "300ms"]).await;
+    let mgmt = Client::plain(server.mgmt_addr);
+
+    // HTTP: a body that never completes gets 503 TIMEOUT and frees its slot.
+    let mut held = Held::open(server.http_addr).await;
+    let (status, body) = parse_raw(&held.response().await);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "TIMEOUT", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("300 ms"),
+        "{body}"
+    );
+    // gRPC: the server's timeout gives DEADLINE_EXCEEDED (4).
+    assert_eq!(stalled_grpc_call(server.grpc_addr, None).await, "4");
+    until("slots released", || async { in_flight(&mgmt).await == 0.0 }).await;
+    assert_eq!(
+        metric(
+            &mgmt,
+            r#"allot_requests_rejected_total{transport="http",reason="timeout"}"#
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &mgmt,
+            r#"allot_requests_rejected_total{transport="grpc",reason="timeout"}"#
+        )
+        .await,
+        1.0
+    );
+    // Fast requests are unaffected.
+    let r = Client::plain(server.http_addr)
+        .post("/v1/allocate", &[], BODY)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    server.shutdown().await.unwrap();
+
+    // With a long server timeout, the caller's shorter grpc-timeout decides.
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), CONFIG, &["--request-timeout", "1h"]).await;
+    assert_eq!(stalled_grpc_call(server.grpc_addr, Some("200m")).await, "4");
+    let mut native = AllocatorClient::new(grpc(&server).await);
+    let mut req = tonic::Request::new(AllocateRequest {
+        context: Some(context()),
+    });
+    req.set_timeout(Duration::from_secs(30));
+    assert!(native.allocate(req).await.is_ok());
+    server.shutdown().await.unwrap();
+}
+
+/// A connection that sends a request head one header line at a time, every 100 ms, and
+/// reports what it read once the server closes it.
+async fn dribble(addr: SocketAddr, start: &'static [u8], lines: bool) -> Vec<u8> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = tcp.into_split();
+    let writer = tokio::spawn(async move {
+        if wr.write_all(start).await.is_err() {
+            return;
+        }
+        if lines {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if wr.write_all(b"x-pad: 1\r\n").await.is_err() {
+                    return;
+                }
+            }
+        }
+        // Silent: keep the write half open.
+        std::future::pending::<()>().await;
+    });
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(HANG, rd.read_to_end(&mut got)).await;
+    writer.abort();
+    assert!(read.is_ok(), "a slow client must be disconnected");
+    got
+}
+
+#[tokio::test]
+async fn slow_header_senders_are_disconnected_and_others_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(
+        dir.path(),
+        CONFIG,
+        &[
+            "--header-read-timeout",
+            "500ms",
+            "--max-header-bytes",
+            "16384",
+        ],
+    )
+    .await;
+    let want = expected(&server);
+    let addr = server.http_addr;
+
+    let mut slow = Vec::new();
+    for i in 0..24 {
+        let (start, lines): (&'static [u8], bool) = match i % 4 {
+            // Dribbles header lines forever.
+            0 | 1 => (b"POST /v1/allocate HTTP/1.1\r\nhost: localhost\r\n", true),
+            // Connects and says nothing.
+            2 => (b"", false),
+            // Starts what could be the HTTP/2 preface, then stalls.
+            _ => (b"PRI * HTTP/2", false),
+        };
+        slow.push(tokio::spawn(dribble(addr, start, lines)));
+    }
+    // The gRPC port too: silent, or a preface that stalls, or not HTTP/2 at all.
+    let grpc_addr = server.grpc_addr;
+    for start in [&b""[..], b"PRI * HTTP/2.0\r\n", b"GET / HTTP/1.1\r\n\r\n"] {
+        slow.push(tokio::spawn(dribble(grpc_addr, start, false)));
+    }
+    // Meanwhile, normal clients are served (HTTP/2 with prior knowledge, the management and
+    // gRPC ports too).
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let req = net_support::request("POST", &format!("http://{addr}/v1/allocate"), &[], BODY);
+    let r = net_support::send_h2(tcp, req).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(cells(&r.json()), want);
+    let mut native = AllocatorClient::new(grpc(&server).await);
+    for _ in 0..5 {
+        let reply = native
+            .allocate(AllocateRequest {
+                context: Some(context()),
+            })
+            .await
+            .expect("gRPC is served while slow clients hang on")
+            .into_inner();
+        assert_eq!(reply.allocations.len(), want.len());
+    }
+    let http = Client::plain(addr);
+    for _ in 0..10 {
+        let r = http.post("/v1/allocate", &[], BODY).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(cells(&r.json()), want);
+    }
+    assert_eq!(
+        Client::plain(server.mgmt_addr)
+            .get("/healthz", &[])
+            .await
+            .status,
+        200
+    );
+    for task in slow {
+        let got = task.await.unwrap();
+        // Closed without serving the request.
+        assert!(
+            !got.starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+
+    // A request head past --max-header-bytes, or with too many headers: 431.
+    let raw = |head: String| async move {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(HANG, tcp.read_to_end(&mut got))
+            .await
+            .expect("answered in time");
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    let big = format!(
+        "GET /v1/config HTTP/1.1\r\nhost: localhost\r\nx-big: {}\r\n\r\n",
+        "a".repeat(40_000)
+    );
+    let got = raw(big).await;
+    assert!(got.starts_with("HTTP/1.1 431"), "{got:?}");
+    let many: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let got = raw(format!(
+        "GET /v1/config HTTP/1.1\r\nhost: localhost\r\n{many}\r\n"
+    ))
+    .await;
+    assert!(got.starts_with("HTTP/1.1 431"), "{got:?}");
+    // Just under the limit is fine.
+    let r = http
+        .get("/v1/config", &[("x-big", &"a".repeat(12_000))])
+        .await;
+    assert_eq!(r.status, 200);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_requests_and_stops_accepting() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), CONFIG, &["--request-timeout", "1h"]).await;
+    let want = expected(&server);
+    let (addr, mgmt) = (server.http_addr, Client::plain(server.mgmt_addr));
+    let held = Held::open(addr).await;
+    until("the request is in flight", || async {
+        in_flight(&mgmt).await == 1.0
+    })
+    .await;
+    let shutdown = tokio::spawn(server.shutdown());
+    // New connections are refused once accepting stopped (the listener is closed).
+    until("the HTTP port stops accepting", || async {
+        TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    assert!(
+        !shutdown.is_finished(),
+        "shutdown waits for the in-flight request"
+    );
+    // The in-flight request still completes, correctly, and then shutdown finishes.
+    let (status, body) = parse_raw(&held.finish().await);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(cells(&body), want);
+    tokio::time::timeout(HANG, shutdown)
+        .await
+        .expect("shutdown finishes once drained")
+        .unwrap()
+        .unwrap();
+}
