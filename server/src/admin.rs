@@ -16,7 +16,6 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
-use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -24,10 +23,11 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
-use crate::http::{body_error, config_response, track};
+use crate::http::{body_error, config_response, method_not_allowed, no_route};
 use crate::metrics::{CONTENT_TYPE, Metrics};
 use crate::service::Service;
 use crate::state::{Applied, ApplyError, Source};
+use crate::track::TrackLayer;
 
 /// Largest config document `PUT /admin/config` accepts: 16 MiB.
 pub const MAX_CONFIG_BODY: usize = 16 << 20;
@@ -58,7 +58,9 @@ pub fn router(state: AdminState) -> Router {
                 .put(put_config)
                 .layer(DefaultBodyLimit::max(MAX_CONFIG_BODY)),
         )
-        .route_layer(middleware::from_fn_with_state(state.service.clone(), track))
+        .route_layer(TrackLayer::new(state.service.metrics()))
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 

@@ -82,6 +82,17 @@ pub enum ApiError {
     /// The request body has a content type the endpoint does not read.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// No route at this path (the flag-level 404 is [`ApiError::FlagNotFound`]).
+    #[error("no route for `{0}`; see the API reference in the README")]
+    RouteNotFound(String),
+    /// The route exists, but not for this method.
+    #[error("method {method} is not allowed on `{path}`")]
+    MethodNotAllowed {
+        /// The method used.
+        method: String,
+        /// The path asked for.
+        path: String,
+    },
     /// A server-side failure (I/O); the message is logged, not sent.
     #[error("internal error")]
     Internal(String),
@@ -117,6 +128,8 @@ impl ApiError {
             ApiError::AdminDisabled => "ADMIN_DISABLED",
             ApiError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             ApiError::UnsupportedMediaType(_) => "UNSUPPORTED_MEDIA_TYPE",
+            ApiError::RouteNotFound(_) => "NOT_FOUND",
+            ApiError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             ApiError::Internal(_) => "INTERNAL",
         }
     }
@@ -138,6 +151,8 @@ impl ApiError {
             ApiError::Forbidden | ApiError::AdminDisabled => StatusCode::FORBIDDEN,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::RouteNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -193,6 +208,8 @@ impl From<ApiError> for tonic::Status {
             ApiError::Forbidden | ApiError::AdminDisabled => Code::PermissionDenied,
             ApiError::PayloadTooLarge { .. } => Code::ResourceExhausted,
             ApiError::UnsupportedMediaType(_) => Code::InvalidArgument,
+            ApiError::RouteNotFound(_) => Code::NotFound,
+            ApiError::MethodNotAllowed { .. } => Code::Unimplemented,
             ApiError::Internal(_) => Code::Internal,
         };
         tonic::Status::new(code, e.to_string())

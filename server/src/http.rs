@@ -5,15 +5,12 @@
 //! [`ApiError`] with a specific status, code and message (axum's default rejection texts are
 //! replaced). Must not hold evaluation logic.
 
-use std::time::Instant;
-
 use allot::Context;
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
@@ -21,9 +18,9 @@ use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::guard::{self, Guard};
-use crate::metrics::Transport;
 use crate::service::{RequestMeta, Service};
 use crate::state::ConfigStore;
+use crate::track::TrackLayer;
 
 /// Largest `/v1/allocate` body accepted: 1 MiB.
 pub const MAX_BODY: usize = 1 << 20;
@@ -47,11 +44,27 @@ pub fn guarded(service: Service, guard: &Guard) -> Router {
     Router::new()
         .route("/v1/allocate", post(allocate))
         .route("/v1/config", get(config))
-        .route_layer(middleware::from_fn_with_state(service.clone(), track))
+        .route_layer(TrackLayer::new(service.metrics()))
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(service.clone())
         .merge(crate::ofrep::router(service))
+        .fallback(no_route)
         .layer(layer)
+}
+
+/// The JSON 404 of a path no route matches (instead of axum's empty body).
+pub async fn no_route(uri: Uri) -> Response {
+    ApiError::RouteNotFound(uri.path().to_owned()).into_response()
+}
+
+/// The JSON 405 of a route asked for with a method it does not serve.
+pub async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    }
+    .into_response()
 }
 
 async fn allocate(
@@ -406,38 +419,6 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Api
         };
         ApiError::Parse(format!("{what}: {e}"))
     })
-}
-
-/// Counts each request and its latency under its route (a static label, no allocation).
-pub async fn track(State(service): State<Service>, req: Request<Body>, next: Next) -> Response {
-    let Some(metrics) = service.metrics() else {
-        return next.run(req).await;
-    };
-    let endpoint = endpoint_label(req.extensions().get::<MatchedPath>());
-    let start = Instant::now();
-    let res = next.run(req).await;
-    metrics.observe_request(
-        Transport::Http,
-        endpoint,
-        res.status().as_u16(),
-        start.elapsed(),
-    );
-    res
-}
-
-/// The metrics label of a matched route: the known routes of both HTTP routers, else `other`.
-pub fn endpoint_label(path: Option<&MatchedPath>) -> &'static str {
-    match path.map(MatchedPath::as_str) {
-        Some("/v1/allocate") => "/v1/allocate",
-        Some("/v1/config") => "/v1/config",
-        Some(crate::ofrep::SINGLE_ROUTE) => crate::ofrep::SINGLE_ROUTE,
-        Some(crate::ofrep::BULK_ROUTE) => crate::ofrep::BULK_ROUTE,
-        Some("/admin/config") => "/admin/config",
-        Some("/healthz") => "/healthz",
-        Some("/readyz") => "/readyz",
-        Some("/metrics") => "/metrics",
-        _ => "other",
-    }
 }
 
 #[cfg(test)]

@@ -22,4 +22,5 @@ pub mod settings;
 pub mod source;
 pub mod state;
 pub mod trace;
+pub mod track;
 pub mod upstream;

@@ -16,7 +16,6 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
-use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde::Serialize;
@@ -27,6 +26,7 @@ use tower_http::cors::{Any, CorsLayer};
 use crate::error::ApiError;
 use crate::http::{self, BAGGAGE, MAX_BODY, TRACEPARENT};
 use crate::service::{AllocateView, RequestMeta, Service};
+use crate::track::TrackLayer;
 
 /// The single-flag route.
 pub const SINGLE_ROUTE: &str = "/ofrep/v1/evaluate/flags/{key}";
@@ -40,7 +40,9 @@ pub fn router(service: Service) -> Router {
     Router::new()
         .route(SINGLE_ROUTE, post(single))
         .route(BULK_ROUTE, post(bulk))
-        .route_layer(middleware::from_fn_with_state(service.clone(), http::track))
+        .route_layer(TrackLayer::new(service.metrics()))
+        // Before the CORS layer, so that it still answers preflights (OPTIONS).
+        .method_not_allowed_fallback(http::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(cors())
         .with_state(service)

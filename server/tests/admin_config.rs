@@ -210,3 +210,71 @@ flags:
         "{text}"
     );
 }
+
+/// Every evaluation route is counted under its route label and status, with its latency, by
+/// the router's own `TrackLayer`; unknown routes are not counted under a route of theirs.
+#[tokio::test]
+async fn evaluation_requests_are_counted_by_route_and_status() {
+    let store = store_with(CONFIG);
+    let metrics = Metrics::new();
+    let svc = service(&store).with_metrics(metrics.clone());
+    let app = allot_server::http::router(svc.clone());
+    let post = |path: &str, body: &str| {
+        Request::post(path)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_owned()))
+            .unwrap()
+    };
+    let ok = r#"{"context":{"targetingKey":"member-1"}}"#;
+    for _ in 0..3 {
+        assert_eq!(
+            send(&app, post("/v1/allocate", ok)).await.status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        send(&app, post("/v1/allocate", "{")).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    let missing = send(&app, post("/ofrep/v1/evaluate/flags/no-such-flag", ok)).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        send(&app, post("/ofrep/v1/evaluate/flags", ok))
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    let admin = router(AdminState {
+        service: svc,
+        token: None,
+        metrics,
+        private_reads: false,
+    });
+    let text = String::from_utf8(
+        send(
+            &admin,
+            Request::get("/metrics").body(Body::empty()).unwrap(),
+        )
+        .await
+        .body,
+    )
+    .unwrap();
+    for line in [
+        r#"allot_requests_total{transport="http",endpoint="/v1/allocate",status="200"} 3"#,
+        r#"allot_requests_total{transport="http",endpoint="/v1/allocate",status="400"} 1"#,
+        r#"allot_requests_total{transport="http",endpoint="/ofrep/v1/evaluate/flags/{key}",status="404"} 1"#,
+        r#"allot_requests_total{transport="http",endpoint="/ofrep/v1/evaluate/flags",status="200"} 1"#,
+    ] {
+        assert!(text.contains(line), "missing `{line}` in\n{text}");
+    }
+    let latency_count = text
+        .lines()
+        .find(|l| {
+            l.starts_with("allot_request_duration_seconds_count")
+                && l.contains(r#"endpoint="/v1/allocate""#)
+                && l.contains(r#"status="200""#)
+        })
+        .unwrap_or_else(|| panic!("no latency histogram for /v1/allocate in\n{text}"));
+    assert!(latency_count.ends_with(" 3"), "{latency_count}");
+}

@@ -327,3 +327,71 @@ async fn config_has_etag_and_answers_304() {
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.header("etag").unwrap().starts_with("\"2-"));
 }
+
+/// Unknown paths and wrong methods get the same JSON error shape as every other failure,
+/// on the evaluation router (OFREP routes included) and on the management router.
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_json_errors() {
+    let store = store_with(CONFIG);
+    let app = router(service(&store));
+    let req = |method: &str, path: &str| {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::empty())
+            .unwrap()
+    };
+    for (method, path, status, code) in [
+        ("GET", "/nope", StatusCode::NOT_FOUND, "NOT_FOUND"),
+        ("POST", "/v1/allocat", StatusCode::NOT_FOUND, "NOT_FOUND"),
+        (
+            "GET",
+            "/ofrep/v1/evaluate/flags/",
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+        ),
+        (
+            "GET",
+            "/v1/allocate",
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+        ),
+        (
+            "DELETE",
+            "/v1/config",
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+        ),
+        (
+            "GET",
+            "/ofrep/v1/evaluate/flags",
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+        ),
+    ] {
+        let reply = send(&app, req(method, path)).await;
+        assert_eq!(reply.status, status, "{method} {path}");
+        assert_eq!(reply.code(), code, "{method} {path}");
+        let body: Value = serde_json::from_slice(&reply.body).unwrap();
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains(path.trim_end_matches('/')),
+            "{method} {path}: {body}"
+        );
+    }
+
+    let admin = allot_server::admin::router(allot_server::admin::AdminState {
+        service: service(&store),
+        token: None,
+        metrics: allot_server::metrics::Metrics::new(),
+        private_reads: false,
+    });
+    let reply = send(&admin, req("GET", "/admin/nope")).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert_eq!(reply.code(), "NOT_FOUND");
+    let reply = send(&admin, req("POST", "/healthz")).await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(reply.code(), "METHOD_NOT_ALLOWED");
+}
