@@ -34,8 +34,11 @@
 //!   `TARGETING_KEY_MISSING`; a unit that is not a string of 1 to 256 bytes, or a context field
 //!   the engine cannot read (a `Struct` of a type other than `StructValue`, `Value` or
 //!   `serde_json::Value`), is `INVALID_CONTEXT`; a served value OpenFeature cannot represent
-//!   (JSON `null`, an integer beyond `i64`) is `PARSE_ERROR`; no snapshot yet is
-//!   `PROVIDER_NOT_READY`.
+//!   (JSON `null` anywhere in an object flag, which OpenFeature's `Value` has no form for) is
+//!   `PARSE_ERROR`; no snapshot yet is `PROVIDER_NOT_READY`.
+//!
+//! Context conversion: `targeting_key` becomes `targetingKey`; custom fields become JSON
+//! (a `DateTime` its RFC 3339 string, a non-finite float absent).
 //!
 //! This module converts types and maps errors only: evaluation is the engine's.
 
@@ -263,7 +266,7 @@ impl Unfit {
             Unfit::Value => EvaluationError {
                 code: EvaluationErrorCode::ParseError,
                 message: Some(format!(
-                    "flag `{}` variant `{}` has a value OpenFeature cannot represent (null, or an integer beyond i64)",
+                    "flag `{}` variant `{}` has a value OpenFeature cannot represent (e.g. a null)",
                     r.key, r.variant
                 )),
             },
