@@ -2,7 +2,7 @@
 //!
 //! [`Provider`] implements the `open-feature` crate's [`FeatureProvider`] over a
 //! [`SnapshotSource`]: a fixed [`Snapshot`] ([`Provider::new`]), a following
-//! [`crate::Client`] ([`Provider::from_client`], feature `client`), or any type of yours that
+//! `allot::Client` (`Provider::from_client`, feature `client`), or any type of yours that
 //! hands out the serving snapshot. Every evaluation is [`Snapshot::resolve`] in process: no
 //! network, no cache, the same answer as the server's for the same (config, context).
 //!
@@ -62,7 +62,7 @@ pub const PROVIDER_NAME: &str = "allot";
 /// Where a [`Provider`] gets the snapshot it evaluates against.
 ///
 /// Implemented for [`Snapshot`], for `Arc` of any source, and (feature `client`) for
-/// [`crate::Client`]. Implement it for a type of yours that holds the serving snapshot (an
+/// `allot::Client`. Implement it for a type of yours that holds the serving snapshot (an
 /// `ArcSwap<Snapshot>` a service reloads, say).
 pub trait SnapshotSource: Send + Sync + 'static {
     /// Runs `f` on the snapshot to evaluate against; `None` while there is none yet.
