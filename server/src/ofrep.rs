@@ -7,8 +7,9 @@
 //! OFREP bodies `{key, errorCode, errorDetails}`. The unit is checked per flag
 //! ([`Service::evaluate_with`]): a static or rule-only flag evaluates without a
 //! `targetingKey`. The bulk answer carries an `ETag` over the config and the canonical context,
-//! and `If-None-Match` naming it gives 304. CORS is open to any origin so browser providers
-//! can call it. Like [`crate::http`], this module only decodes, calls [`Service`], and encodes.
+//! and `If-None-Match` naming it gives 304. CORS is open to any origin, on requests that carry
+//! an `Origin` (browsers), so browser providers can call it. Like [`crate::http`], this module
+//! only decodes, calls [`Service`], and encodes.
 
 use std::sync::LazyLock;
 
