@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# End-to-end tests of allot-server with third-party OpenFeature clients (Python), and of the
-# SDK tower layer's baggage header with Python OpenTelemetry (test_baggage.py).
-# Usage: bash e2e/run.sh   (after `cargo build -p allot-server`)
+# End-to-end tests of allot-server with third-party OpenFeature clients (Python, then Node:
+# node/run.sh), and of the SDK tower layer's baggage header with Python OpenTelemetry
+# (test_baggage.py).
+# Usage: bash e2e/run.sh   (after `cargo build -p allot-server`); extra arguments go to pytest.
 # ALLOT_SERVER_BIN overrides the server binary (default: target/debug/allot-server).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -21,5 +22,5 @@ if [[ ! -x "$venv/bin/python" ]]; then
     python3 -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt"
-cd "$here"
-exec "$venv/bin/python" -m pytest -q -p no:cacheprovider "$@"
+(cd "$here" && "$venv/bin/python" -m pytest -q -p no:cacheprovider "$@")
+bash "$here/node/run.sh"

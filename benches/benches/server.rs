@@ -1,5 +1,6 @@
 //! Criterion benches of the server's handler path (issue 3, "Speed": decode → allocate → encode,
-//! in-process, no socket, ≤ 5 µs for the demo config); numbers in BENCHMARKS.md.
+//! in-process, no socket, ≤ 5 µs for the demo config; issue 4: OFREP single flag ≤ 5 µs, bulk
+//! ≤ 15 µs); numbers in BENCHMARKS.md.
 //!
 //! Every request is built outside the timed region (`iter_batched`), from one of [`N`]
 //! precomputed bodies, so the caches and branch predictor see many distinct units. The service
@@ -45,6 +46,9 @@ const PLATFORMS: [&str; 4] = ["ios", "android", "web", "tv"];
 const BAGGAGE: &str = "userId=alice,tenant=acme;priority=high,sentry-environment=production";
 /// A valid W3C `traceparent` (sampled).
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// The OFREP bulk route.
+const BULK: &str = "/ofrep/v1/evaluate/flags";
 
 /// The fixed body of the floor's handler.
 const HELLO: &str = r#"{"hello":"world"}"#;
@@ -185,6 +189,14 @@ fn benches(c: &mut Criterion) {
 
     let service = demo_service(true);
     let app = router(service.clone());
+    // One single-flag OFREP URI per flag of the demo config, rotated per iteration.
+    let single_uris: Vec<String> = service
+        .store()
+        .load_full()
+        .expect("a config is loaded")
+        .flag_keys()
+        .map(|k| format!("/ofrep/v1/evaluate/flags/{k}"))
+        .collect();
     let bare_app = router(demo_service(false));
     let hello = hello_router();
 
@@ -204,6 +216,23 @@ fn benches(c: &mut Criterion) {
         }
         let (status, body) = oneshot(&hello, post_json("/", &bodies[0], false)).await;
         assert_eq!((status, &body[..]), (StatusCode::OK, HELLO.as_bytes()));
+        // OFREP: every flag of the demo evaluates for the bench contexts (they carry both
+        // units), and the bulk answer lists them all.
+        for (i, uri) in single_uris.iter().enumerate() {
+            let (status, body) = oneshot(&app, post_json(uri, &bodies[i], false)).await;
+            assert_eq!(
+                status,
+                StatusCode::OK,
+                "{uri}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        let (status, body) = oneshot(&app, post_json(BULK, &bodies[0], false)).await;
+        assert_eq!(status, StatusCode::OK);
+        let v: Value = serde_json::from_slice(&body).expect("JSON response");
+        assert_eq!(v["flags"].as_array().map(Vec::len), Some(single_uris.len()));
+        assert!(v["flags"][0]["value"].is_boolean(), "{v}");
+        eprintln!("server/ofrep_bulk_demo: response body {} bytes", body.len());
     });
 
     let mut g = c.benchmark_group("server");
@@ -235,6 +264,34 @@ fn benches(c: &mut Criterion) {
             || {
                 i = i.wrapping_add(1);
                 post_json("/v1/allocate", &bodies[i & MASK], true)
+            },
+            |req| oneshot(&app, black_box(req)),
+            BatchSize::SmallInput,
+        );
+    });
+
+    // OFREP on the same router: one flag (keys and contexts rotating), and the bulk answer.
+    g.bench_function("ofrep_single_demo", |b| {
+        let mut i = 0usize;
+        b.to_async(&rt).iter_batched(
+            || {
+                i = i.wrapping_add(1);
+                post_json(
+                    &single_uris[i % single_uris.len()],
+                    &bodies[i & MASK],
+                    false,
+                )
+            },
+            |req| oneshot(&app, black_box(req)),
+            BatchSize::SmallInput,
+        );
+    });
+    g.bench_function("ofrep_bulk_demo", |b| {
+        let mut i = 0usize;
+        b.to_async(&rt).iter_batched(
+            || {
+                i = i.wrapping_add(1);
+                post_json(BULK, &bodies[i & MASK], false)
             },
             |req| oneshot(&app, black_box(req)),
             BatchSize::SmallInput,

@@ -45,6 +45,8 @@ pub mod config;
 mod context;
 mod error;
 pub mod id;
+#[cfg(feature = "openfeature")]
+pub mod openfeature;
 #[cfg(feature = "otel")]
 pub mod propagation;
 mod snapshot;

@@ -7,20 +7,25 @@
 //! OFREP bodies `{key, errorCode, errorDetails}`. The unit is checked per flag
 //! ([`Service::evaluate_with`]): a static or rule-only flag evaluates without a
 //! `targetingKey`. The bulk answer carries an `ETag` over the config and the canonical context,
-//! and `If-None-Match` naming it gives 304. CORS is open to any origin so browser providers
-//! can call it. Like [`crate::http`], this module only decodes, calls [`Service`], and encodes.
+//! and `If-None-Match` naming it gives 304. CORS is open to any origin, on requests that carry
+//! an `Origin` (browsers), so browser providers can call it. Like [`crate::http`], this module
+//! only decodes, calls [`Service`], and encodes.
+
+use std::sync::LazyLock;
 
 use allot::{Context, ErrorCode, FlagType, Reason, Resolution};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tower::{Layer, ServiceExt};
 use tower_http::cors::{Any, CorsLayer};
 
 use crate::error::ApiError;
@@ -44,8 +49,24 @@ pub fn router(service: Service) -> Router {
         // Before the CORS layer, so that it still answers preflights (OPTIONS).
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(cors())
+        .layer(middleware::from_fn(cors_for_browsers))
         .with_state(service)
+}
+
+/// [`cors`] for requests that carry an `Origin`. Browsers send it on every cross-origin
+/// request and preflight (and on every `POST`); server-side providers do not, and skip the
+/// layer's per-response work (building and merging a `Vary` and the `access-control-*`
+/// headers, about a sixth of a single-flag evaluation). OFREP answers are `POST` responses,
+/// which shared caches do not store, so omitting `Vary: Origin` there is safe.
+async fn cors_for_browsers(req: Request, next: Next) -> Response {
+    static CORS: LazyLock<CorsLayer> = LazyLock::new(cors);
+    if !req.headers().contains_key(header::ORIGIN) {
+        return next.run(req).await;
+    }
+    match CORS.layer(next).oneshot(req).await {
+        Ok(res) => res,
+        Err(never) => match never {},
+    }
 }
 
 /// CORS for browser clients: any origin, `POST`, any request header; `ETag` and `baggage`
@@ -58,11 +79,26 @@ fn cors() -> CorsLayer {
         .expose_headers([header::ETAG, HeaderName::from_static(BAGGAGE)])
 }
 
+/// An OFREP request body decoded straight into a [`Context`], without building a
+/// `serde_json::Value` tree first. Unknown fields are ignored.
+#[derive(Deserialize)]
+struct EvaluationRequest {
+    #[serde(default)]
+    context: Option<Context>,
+}
+
 /// The context of an OFREP body: `{"context": {...}}`; an empty body, a missing or `null`
 /// `context` is an empty context.
 pub fn context_of(body: &[u8]) -> Result<Context, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    let Some(first) = body.iter().find(|b| !b.is_ascii_whitespace()) else {
         return Ok(Context::new());
+    };
+    // The fast path takes JSON objects only (a derived struct would also accept an array).
+    // Whatever it rejects is decoded again below, so the error says what is wrong.
+    if *first == b'{'
+        && let Ok(req) = serde_json::from_slice::<EvaluationRequest>(body)
+    {
+        return Ok(req.context.unwrap_or_default());
     }
     match http::parse_json::<Value>(body)? {
         Value::Object(mut top) => match top.remove("context") {
@@ -241,14 +277,33 @@ impl Serialize for Bulk<'_, '_> {
             revision: u64,
         }
         let revision = self.0.snapshot.revision();
-        let flags: Vec<Entry<'_, '_>> =
-            self.0.flags.iter().map(|r| Entry { r, revision }).collect();
         let mut m = s.serialize_map(Some(2))?;
-        m.serialize_entry("flags", &flags)?;
+        m.serialize_entry("flags", &Entries(self.0, revision))?;
         m.serialize_entry("metadata", &Meta { revision })?;
         m.end()
     }
 }
+
+/// The bulk body's `flags` array, written entry by entry (no intermediate `Vec`).
+struct Entries<'a, 's>(&'a AllocateView<'s>, u64);
+
+impl Serialize for Entries<'_, '_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let revision = self.1;
+        s.collect_seq(self.0.flags.iter().map(|r| Entry { r, revision }))
+    }
+}
+
+/// `value` as JSON into a buffer of `capacity` bytes: sized for the whole answer, so the
+/// encoder does not regrow `serde_json::to_vec`'s 128-byte start several times.
+fn to_json<T: Serialize>(value: &T, capacity: usize) -> serde_json::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(capacity);
+    serde_json::to_writer(&mut out, value)?;
+    Ok(out)
+}
+
+/// Bytes reserved for one flag's OFREP entry (the demo's average is about 120).
+const ENTRY_BYTES: usize = 192;
 
 /// The bulk `ETag`: `"<revision>-<16 hex>"`, the hex hashing the config's content hash and
 /// the canonical (key-sorted) context, so a context change is a new tag.
@@ -256,7 +311,7 @@ pub fn bulk_etag(revision: u64, content_hash: u64, ctx: &Context) -> String {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     h.update(&content_hash.to_le_bytes());
     // Serializing a `Context` cannot fail (string keys, JSON values).
-    h.update(&serde_json::to_vec(ctx).unwrap_or_default());
+    h.update(&to_json(ctx, 256).unwrap_or_default());
     format!("\"{revision}-{:016x}\"", h.digest())
 }
 
@@ -321,7 +376,7 @@ async fn single(
                 Some(_) => StatusCode::BAD_REQUEST,
                 None => StatusCode::OK,
             };
-            (status, serde_json::to_vec(&Entry { r, revision }))
+            (status, to_json(&Entry { r, revision }, ENTRY_BYTES))
         });
         (encoded, v.baggage.clone())
     });
@@ -355,7 +410,7 @@ async fn bulk(
         let json = if http::if_none_match(&headers, &etag) {
             None
         } else {
-            Some(serde_json::to_vec(&Bulk(v)))
+            Some(to_json(&Bulk(v), 64 + ENTRY_BYTES * v.flags.len()))
         };
         (etag, json, v.baggage.clone())
     });

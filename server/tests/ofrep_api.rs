@@ -397,6 +397,53 @@ async fn cors_allows_browser_clients() {
         exposed.contains("etag") && exposed.contains("baggage"),
         "{exposed}"
     );
+    assert!(res.header("vary").unwrap().contains("origin"));
+
+    // Server-side providers send no `Origin`: the same answer, without CORS headers.
+    let plain = send(
+        &app,
+        Request::post("/ofrep/v1/evaluate/flags")
+            .header("content-type", "application/json")
+            .body(Body::from("{}"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((plain.status, &plain.body), (res.status, &res.body));
+    assert_eq!(plain.header("etag"), res.header("etag"));
+    for h in [
+        "access-control-allow-origin",
+        "access-control-expose-headers",
+        "vary",
+    ] {
+        assert_eq!(plain.header(h), None, "{h}");
+    }
+}
+
+/// The typed fast path and the `Value` path agree on every body shape OFREP accepts, and
+/// what the fast path rejects still gets its precise error.
+#[test]
+fn context_bodies() {
+    use allot_server::ofrep::context_of;
+    let ctx = |json: &str| Value::Object(context_of(json.as_bytes()).unwrap().into_map());
+    let empty = json!({});
+    assert_eq!(ctx(""), empty);
+    assert_eq!(ctx("  \n"), empty);
+    assert_eq!(ctx("{}"), empty);
+    assert_eq!(ctx(r#"{"context": null}"#), empty);
+    assert_eq!(ctx(r#"{"other": 1}"#), empty);
+    let want = json!({"a": 2, "targetingKey": "m-1"});
+    let got = ctx(r#" {"context": {"targetingKey": "m-1", "a": 1, "a": 2}, "x": [1]}"#);
+    assert_eq!(got, want);
+    for (body, code) in [
+        (r#"{"context": "m-1"}"#, "INVALID_CONTEXT"),
+        (r#"{"context": [1]}"#, "INVALID_CONTEXT"),
+        (r#"[{"targetingKey": "m-1"}]"#, "PARSE_ERROR"),
+        (r#"{"context": {"a": 1}"#, "PARSE_ERROR"),
+        ("null", "PARSE_ERROR"),
+    ] {
+        let err = context_of(body.as_bytes()).unwrap_err();
+        assert_eq!(allot_server::ofrep::error_code(&err), code, "{body}");
+    }
 }
 
 #[tokio::test]
