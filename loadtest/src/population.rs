@@ -195,6 +195,15 @@ mod tests {
     }
 
     #[test]
+    fn first_unit_body_is_pinned() {
+        // scripts/compare-oha.sh computes this body for oha; keep the two in step.
+        assert_eq!(
+            Population::new(1, 0.0, 1).http_body(0),
+            r#"{"context":{"targetingKey":"member-0","device_id":"device-0","country":"CA","platform":"ios","app_version":"5.0.0"}}"#
+        );
+    }
+
+    #[test]
     fn bodies_are_valid_json_and_match_the_context() {
         let p = Population::new(100, 0.0, 9);
         for unit in 0..100 {
