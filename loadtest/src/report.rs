@@ -400,3 +400,41 @@ impl fmt::Display for Report {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shed_answers_are_counted_and_timed_apart() {
+        let mut stats = Stats::new();
+        let at = Duration::from_secs(1);
+        for _ in 0..9 {
+            stats.record(Duration::from_millis(10), Ok(()), at);
+        }
+        stats.record(Duration::from_millis(30), Err(ErrorKind::Io), at);
+        for _ in 0..5 {
+            stats.record(Duration::from_micros(50), Err(ErrorKind::HttpStatus(503)), at);
+        }
+        stats.count(ErrorKind::Timeout, 2);
+        let header = Header {
+            protocol: "http".to_owned(),
+            http2: false,
+            flag: None,
+            url: "http://x".to_owned(),
+            target_rate: Some(17.0),
+            duration: Duration::from_secs(1),
+            connections: 1,
+        };
+        let r = Report::new(header, stats, None, CpuTimes::default(), None);
+        assert_eq!((r.total, r.ok, r.errors, r.shed), (17, 9, 3, 5));
+        assert_eq!(r.errors_by_kind.len(), 2);
+        assert_eq!(r.shed_by_kind["http_status_503"], 5);
+        // Admitted: nine at 10 ms and the failed one at 30 ms; the fast shed ones are apart.
+        assert!(r.latency_us.p50 >= 9_990, "{:?}", r.latency_us);
+        assert!(r.latency_us.max >= 29_900);
+        let shed = r.shed_latency_us.unwrap();
+        assert!(shed.max < 100, "{shed:?}");
+        assert_eq!(r.achieved_rate, 15.0);
+    }
+}
