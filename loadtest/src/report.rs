@@ -414,7 +414,11 @@ mod tests {
         }
         stats.record(Duration::from_millis(30), Err(ErrorKind::Io), at);
         for _ in 0..5 {
-            stats.record(Duration::from_micros(50), Err(ErrorKind::HttpStatus(503)), at);
+            stats.record(
+                Duration::from_micros(50),
+                Err(ErrorKind::HttpStatus(503)),
+                at,
+            );
         }
         stats.count(ErrorKind::Timeout, 2);
         let header = Header {
