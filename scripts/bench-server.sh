@@ -44,6 +44,12 @@ pin() { # pin CPU command...
   if command -v taskset >/dev/null 2>&1; then taskset -c "$cpu" "$@"; else "$@"; fi
 }
 
+bg() { # bg LOG CPU command...: starts pinned in the background; $! is the command's own pid
+  local log=$1 cpu=$2; shift 2
+  if command -v taskset >/dev/null 2>&1; then set -- taskset -c "$cpu" "$@"; fi
+  "$@" 2>"$log" &
+}
+
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
@@ -66,9 +72,9 @@ PY
 server=""
 start_server() { # start_server NAME [allot-server flags...]: sets $server; waits for /readyz
   local name=$1; shift
-  pin "$SERVER_CPU" "$bin/allot-server" --http-addr "127.0.0.1:$http_port" \
+  bg "$OUT/$name.log" "$SERVER_CPU" "$bin/allot-server" --http-addr "127.0.0.1:$http_port" \
     --grpc-addr "127.0.0.1:$grpc_port" --mgmt-addr "127.0.0.1:$mgmt_port" \
-    --admin-token "$token" "$@" 2>"$OUT/$name.log" &
+    --admin-token "$token" "$@"
   server=$!
   pids+=("$server")
   wait_http "http://127.0.0.1:$mgmt_port/readyz"
@@ -125,7 +131,7 @@ RATE="$BULK_RATE" load bulk100 ofrep-bulk "$http_port" "$server"
 stop_server
 
 echo "== allot-hello floor (CPU $SERVER_CPU)" >&2
-pin "$SERVER_CPU" "$bin/allot-hello" --addr "127.0.0.1:$http_port" 2>"$OUT/hello.log" &
+bg "$OUT/hello.log" "$SERVER_CPU" "$bin/allot-hello" --addr "127.0.0.1:$http_port"
 hello=$!
 pids+=("$hello")
 wait_http "http://127.0.0.1:$http_port/v1/allocate"

@@ -31,7 +31,9 @@ bin=target/release
 
 pin() { local cpu=$1; shift; if command -v taskset >/dev/null 2>&1; then taskset -c "$cpu" "$@"; else "$@"; fi; }
 
-pin "$SERVER_CPU" "$bin/allot-server" --http-addr "127.0.0.1:$http_port" \
+# A simple command in the background, so $! is the server's own pid (taskset execs it).
+if command -v taskset >/dev/null 2>&1; then set -- taskset -c "$SERVER_CPU"; else set --; fi
+"$@" "$bin/allot-server" --http-addr "127.0.0.1:$http_port" \
   --grpc-addr "127.0.0.1:$grpc_port" --mgmt-addr "127.0.0.1:$mgmt_port" 2>"$OUT/server.log" &
 server=$!
 trap 'kill $server 2>/dev/null || true; wait 2>/dev/null || true' EXIT
