@@ -79,7 +79,8 @@ pub struct Report {
     /// Requests that failed, of any kind but shedding.
     pub errors: u64,
     /// Failures by kind (`connect`, `timeout`, `io`, `http_status_XXX`, `grpc_<Code>`,
-    /// `bad_body`, `flag_error`, `dropped_overload`), shedding excluded.
+    /// `grpc_transport_<Code>`, `bad_body`, `flag_error`, `dropped_overload`), shedding
+    /// excluded.
     pub errors_by_kind: BTreeMap<String, u64>,
     /// Requests the server shed (HTTP 503 or 429, gRPC `RESOURCE_EXHAUSTED`).
     pub shed: u64,

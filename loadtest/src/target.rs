@@ -46,8 +46,11 @@ pub enum ErrorKind {
     Io,
     /// An HTTP status other than 200.
     HttpStatus(u16),
-    /// A gRPC status other than `OK`.
+    /// A gRPC status other than `OK`, sent by the server.
     Grpc(tonic::Code),
+    /// A gRPC call that failed below gRPC (an HTTP/2 stream or connection error, e.g. a reset
+    /// or `GOAWAY`), which tonic reports as a status with the transport error as its source.
+    GrpcTransport(tonic::Code),
     /// A 200 / `OK` answer whose body is not what the endpoint promises (no `revision`, no
     /// `value`, no flags).
     BadBody,
@@ -142,7 +145,7 @@ impl ErrorKind {
 
 impl fmt::Display for ErrorKind {
     /// The stable key used in reports: `connect`, `timeout`, `io`, `http_status_503`,
-    /// `grpc_Internal`, `bad_body`, `flag_error`, `dropped_overload`.
+    /// `grpc_Internal`, `grpc_transport_Unknown`, `bad_body`, `flag_error`, `dropped_overload`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ErrorKind::Connect => f.write_str("connect"),
@@ -150,6 +153,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Io => f.write_str("io"),
             ErrorKind::HttpStatus(s) => write!(f, "http_status_{s}"),
             ErrorKind::Grpc(code) => write!(f, "grpc_{code:?}"),
+            ErrorKind::GrpcTransport(code) => write!(f, "grpc_transport_{code:?}"),
             ErrorKind::BadBody => f.write_str("bad_body"),
             ErrorKind::FlagError => f.write_str("flag_error"),
             ErrorKind::DroppedOverload => f.write_str("dropped_overload"),
@@ -385,6 +389,18 @@ async fn open_h2(target: &HttpTarget) -> anyhow::Result<http2::SendRequest<Full<
     Ok(sender)
 }
 
+/// The kind of a failed gRPC call. A status the server sent (from the `grpc-status` trailer
+/// or header) has no source; one tonic made from an HTTP/2 error has it as its source. The
+/// difference matters for shedding: h2's `ENHANCE_YOUR_CALM` also becomes
+/// `RESOURCE_EXHAUSTED`, but it is a connection-level defence, not the server shedding.
+fn grpc_error(status: &tonic::Status) -> ErrorKind {
+    if std::error::Error::source(status).is_some() {
+        ErrorKind::GrpcTransport(status.code())
+    } else {
+        ErrorKind::Grpc(status.code())
+    }
+}
+
 // === impl GrpcConn ===
 
 impl GrpcConn {
@@ -406,7 +422,7 @@ impl GrpcConn {
     async fn call(&self, population: &Population, unit: u64) -> Result<(), ErrorKind> {
         let context = Some(json_map_to_struct(&population.context(unit)));
         let channel = self.channel.clone();
-        let grpc = |s: tonic::Status| ErrorKind::Grpc(s.code());
+        let grpc = |s: tonic::Status| grpc_error(&s);
         match self.protocol {
             Protocol::Flagd => {
                 let request = flagd_v2::ResolveBooleanRequest {
@@ -473,6 +489,26 @@ mod tests {
         assert!(!ErrorKind::HttpStatus(500).is_shed());
         assert!(!ErrorKind::Grpc(tonic::Code::Unavailable).is_shed());
         assert!(!ErrorKind::Timeout.is_shed());
+        assert!(!ErrorKind::GrpcTransport(tonic::Code::ResourceExhausted).is_shed());
+    }
+
+    #[test]
+    fn grpc_statuses_from_the_transport_are_told_apart() {
+        let sent = tonic::Status::resource_exhausted("Too many active requests");
+        assert_eq!(
+            grpc_error(&sent),
+            ErrorKind::Grpc(tonic::Code::ResourceExhausted)
+        );
+        let mut h2 = tonic::Status::resource_exhausted("h2 protocol error: ENHANCE_YOUR_CALM");
+        h2.set_source(Arc::new(std::io::Error::other("connection error")));
+        assert_eq!(
+            grpc_error(&h2),
+            ErrorKind::GrpcTransport(tonic::Code::ResourceExhausted)
+        );
+        assert_eq!(
+            ErrorKind::GrpcTransport(tonic::Code::Unknown).to_string(),
+            "grpc_transport_Unknown"
+        );
     }
 
     #[test]
