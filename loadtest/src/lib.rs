@@ -62,7 +62,8 @@ pub enum Protocol {
 /// against a local server.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `http://host:port` of the server; for HTTP an optional path replaces `/v1/allocate`.
+    /// `http://host:port` of the server; for the HTTP protocols an optional path replaces the
+    /// protocol's own.
     pub url: String,
     /// Which API to load.
     pub protocol: Protocol,
