@@ -1,30 +1,41 @@
 #!/usr/bin/env bash
 # The standard server benchmark suite (BENCHMARKS.md, "Server under load").
 #
-# Builds release binaries, then, in one run and on 127.0.0.1 only:
-#   1. allot-server on the embedded demo config, pinned to CPU $SERVER_CPU;
-#      allot-loadtest pinned to CPU $LOAD_CPU sends open-loop native HTTP, then gRPC, load;
-#   2. allot-hello (a hello-world axum server, the floor) on the same CPU, same HTTP load;
-# and prints one table: latency from the scheduled send time, achieved rate, errors, server CPU
-# per request, and the ratios to the floor that the targets are stated in. Every run is bounded
-# by DURATION; servers are stopped on exit.
+# Builds release binaries, then, in one run and on 127.0.0.1 only, with every server pinned to
+# CPU $SERVER_CPU and allot-loadtest pinned to CPU $LOAD_CPU (open loop, latency from each
+# request's scheduled send time):
+#   1. allot-server on the embedded demo config: native HTTP (HTTP/1.1, then HTTP/2), OFREP
+#      single flag, OFREP bulk, gRPC Allocate, flagd ResolveBoolean and ResolveAll; then native
+#      HTTP again while the config is swapped every $SWAP_EVERY through the admin port;
+#   2. the same server with the assignment log on (a file in $OUT): native HTTP;
+#   3. allot-server on a generated 10,000-experiment config: idle RSS only;
+#   4. allot-server on a generated 100-flag config: OFREP bulk at $BULK_RATE;
+#   5. allot-hello (a hello-world axum server, the floor): native HTTP;
+# and prints one table (latency, achieved rate, errors, shed, server CPU per request) followed
+# by each target of issue 7 with its measured value. Every run is bounded by WARMUP + DURATION;
+# servers are stopped on exit. `uptime` is printed before and after.
 #
-# Settings (environment): RATE (10000), DURATION (10s), WARMUP (2s), CONNECTIONS (4),
-# SERVER_CPU (0), LOAD_CPU (1), PORT_BASE (28000), OUT (a temp dir for the JSON reports).
+# Settings (environment): RATE (10000), BULK_RATE (5000), DURATION (10s), WARMUP (2s),
+# CONNECTIONS (4), SWAP_EVERY (100ms), SERVER_CPU (0), LOAD_CPU (1), PORT_BASE (28000),
+# OUT (a temp dir for the JSON reports, logs and generated configs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RATE="${RATE:-10000}"
+BULK_RATE="${BULK_RATE:-5000}"
 DURATION="${DURATION:-10s}"
 WARMUP="${WARMUP:-2s}"
 CONNECTIONS="${CONNECTIONS:-4}"
+SWAP_EVERY="${SWAP_EVERY:-100ms}"
 SERVER_CPU="${SERVER_CPU:-0}"
 LOAD_CPU="${LOAD_CPU:-1}"
 PORT_BASE="${PORT_BASE:-28000}"
 OUT="${OUT:-$(mktemp -d)}"
 mkdir -p "$OUT"
 http_port=$((PORT_BASE + 16)) grpc_port=$((PORT_BASE + 13)) mgmt_port=$((PORT_BASE + 14))
+token="bench-$$-$RANDOM"
 
+echo "== $(date -u +%FT%TZ) $(nproc) CPUs; $(uptime)" >&2
 cargo build --release --locked -p allot-server -p allot-loadtest --bins
 bin=target/release
 
@@ -33,24 +44,20 @@ pin() { # pin CPU command...
   if command -v taskset >/dev/null 2>&1; then taskset -c "$cpu" "$@"; else "$@"; fi
 }
 
-start() { # start LOG CPU command... : in the background, $! is the server's own pid
+bg() { # bg LOG CPU command...: starts pinned in the background; $! is the command's own pid
   local log=$1 cpu=$2; shift 2
-  if command -v taskset >/dev/null 2>&1; then
-    exec_in_bg() { exec taskset -c "$cpu" "$@"; }
-  else
-    exec_in_bg() { exec "$@"; }
-  fi
-  exec_in_bg "$@" 2>"$log" &
+  if command -v taskset >/dev/null 2>&1; then set -- taskset -c "$cpu" "$@"; fi
+  "$@" 2>"$log" &
 }
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-wait_http() { # wait_http URL: up to 10 s for a 2xx
+wait_http() { # wait_http URL: up to 30 s for a 2xx (a 10,000-experiment config compiles first)
   python3 - "$1" <<'PY'
 import sys, time, urllib.request
-for _ in range(200):
+for _ in range(600):
     try:
         with urllib.request.urlopen(urllib.request.Request(sys.argv[1], method="GET"), timeout=0.5):
             sys.exit(0)
@@ -62,50 +69,125 @@ sys.exit(f"not ready: {sys.argv[1]}")
 PY
 }
 
-load() { # load NAME PROTOCOL URL PID
-  pin "$LOAD_CPU" "$bin/allot-loadtest" --protocol "$2" --url "$3" --rate "$RATE" \
-    --duration "$DURATION" --warmup "$WARMUP" --connections "$CONNECTIONS" \
-    --server-pid "$4" --json > "$OUT/$1.json"
-  echo "  $1 done" >&2
+server=""
+start_server() { # start_server NAME [allot-server flags...]: sets $server; waits for /readyz
+  local name=$1; shift
+  bg "$OUT/$name.log" "$SERVER_CPU" "$bin/allot-server" --http-addr "127.0.0.1:$http_port" \
+    --grpc-addr "127.0.0.1:$grpc_port" --mgmt-addr "127.0.0.1:$mgmt_port" \
+    --admin-token "$token" "$@"
+  server=$!
+  pids+=("$server")
+  wait_http "http://127.0.0.1:$mgmt_port/readyz"
+  sleep 1
+  grep -q allot-server "/proc/$server/cmdline" || { echo "pid $server is not allot-server" >&2; exit 1; }
 }
 
-echo "== allot-server (CPU $SERVER_CPU), load on CPU $LOAD_CPU: $RATE req/s for $DURATION" >&2
-start "$OUT/server.log" "$SERVER_CPU" "$bin/allot-server" --http-addr "127.0.0.1:$http_port" \
-  --grpc-addr "127.0.0.1:$grpc_port" --mgmt-addr "127.0.0.1:$mgmt_port"
-server=$!
-pids+=("$server")
-wait_http "http://127.0.0.1:$mgmt_port/readyz"
-sleep 1
-grep -q allot-server "/proc/$server/cmdline" || { echo "pid $server is not allot-server" >&2; exit 1; }
-idle_rss_kb=$(awk '/^VmRSS/ {print $2}' "/proc/$server/status")
-load http http "http://127.0.0.1:$http_port" "$server"
-load grpc grpc "http://127.0.0.1:$grpc_port" "$server"
-kill "$server"; wait "$server" 2>/dev/null || true
+stop_server() { kill "$server"; wait "$server" 2>/dev/null || true; }
+
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+
+load() { # load NAME PROTOCOL PORT PID [allot-loadtest flags...]
+  local name=$1 protocol=$2 port=$3 pid=$4; shift 4
+  pin "$LOAD_CPU" "$bin/allot-loadtest" --protocol "$protocol" --url "http://127.0.0.1:$port" \
+    --rate "$RATE" --duration "$DURATION" --warmup "$WARMUP" --connections "$CONNECTIONS" \
+    --server-pid "$pid" --json "$@" > "$OUT/$name.json"
+  echo "  $name done ($(cut -d, -f1-3 /proc/loadavg))" >&2
+}
+
+echo "== allot-server, demo config (CPU $SERVER_CPU), load on CPU $LOAD_CPU: $RATE req/s for $DURATION" >&2
+sed -e 's/home-2026q4/home-2026q4-b/' -e 's/"0\.\.3000"/"0..4000"/' -e 's/"3000\.\.5000"/"4000..5000"/' \
+  server/src/demo.yaml > "$OUT/demo-b.yaml"
+start_server demo
+echo "demo $(rss_kb "$server")" > "$OUT/rss.txt"
+load http http "$http_port" "$server"
+load http2 http "$http_port" "$server" --http2
+load ofrep ofrep "$http_port" "$server" --flag prefetch
+load ofrep-bulk ofrep-bulk "$http_port" "$server"
+load grpc grpc "$grpc_port" "$server"
+load flagd flagd "$grpc_port" "$server" --flag prefetch
+load flagd-all flagd-all "$grpc_port" "$server"
+load swap http "$http_port" "$server" --swap-every "$SWAP_EVERY" \
+  --swap-url "http://127.0.0.1:$mgmt_port/admin/config" --swap-token "$token" \
+  --swap-config "$OUT/demo-b.yaml" --swap-config server/src/demo.yaml
+stop_server
+
+echo "== allot-server, demo config, assignment log on" >&2
+rm -f "$OUT/assignments.jsonl"
+start_server log --assignment-log "$OUT/assignments.jsonl"
+load log http "$http_port" "$server"
+stop_server
+echo "assignment log: $(wc -l < "$OUT/assignments.jsonl") lines" >&2
+
+echo "== allot-server, 10,000 experiments: idle RSS" >&2
+python3 scripts/gen-config.py experiments 10000 > "$OUT/experiments-10k.json"
+start_server rss10k --config "$OUT/experiments-10k.json"
+echo "10k $(rss_kb "$server")" >> "$OUT/rss.txt"
+stop_server
+
+echo "== allot-server, 100 flags: OFREP bulk at $BULK_RATE req/s" >&2
+python3 scripts/gen-config.py flags > "$OUT/flags-100.json"
+start_server flags100 --config "$OUT/flags-100.json"
+RATE="$BULK_RATE" load bulk100 ofrep-bulk "$http_port" "$server"
+stop_server
 
 echo "== allot-hello floor (CPU $SERVER_CPU)" >&2
-start "$OUT/hello.log" "$SERVER_CPU" "$bin/allot-hello" --addr "127.0.0.1:$http_port"
+bg "$OUT/hello.log" "$SERVER_CPU" "$bin/allot-hello" --addr "127.0.0.1:$http_port"
 hello=$!
 pids+=("$hello")
 wait_http "http://127.0.0.1:$http_port/v1/allocate"
-load floor http "http://127.0.0.1:$http_port" "$hello"
+load floor http "$http_port" "$hello"
+load floor-h2 http "$http_port" "$hello" --http2
 kill "$hello"; wait "$hello" 2>/dev/null || true
+echo "== done $(date -u +%FT%TZ); $(uptime)" >&2
 
-python3 - "$OUT" "$idle_rss_kb" <<'PY'
+python3 - "$OUT" <<'PY'
 import json, sys
-out, rss = sys.argv[1], int(sys.argv[2])
-r = {n: json.load(open(f"{out}/{n}.json")) for n in ("floor", "http", "grpc")}
+out = sys.argv[1]
+rss = dict(line.split() for line in open(f"{out}/rss.txt"))
+runs = [
+    ("floor", "hello-world floor, HTTP/1.1"),
+    ("floor-h2", "hello-world floor, HTTP/2"),
+    ("http", "native HTTP `/v1/allocate`"),
+    ("http2", "native HTTP `/v1/allocate`, HTTP/2"),
+    ("ofrep", "OFREP single flag (`prefetch`)"),
+    ("ofrep-bulk", "OFREP bulk, demo config (11 flags)"),
+    ("bulk100", "OFREP bulk, 100 flags"),
+    ("grpc", "native gRPC `Allocate`"),
+    ("flagd", "flagd v2 `ResolveBoolean` (`prefetch`)"),
+    ("flagd-all", "flagd v1 `ResolveAll` (11 flags)"),
+    ("swap", "native HTTP, config swap every 100 ms"),
+    ("log", "native HTTP, assignment log on"),
+]
+r = {n: json.load(open(f"{out}/{n}.json")) for n, _ in runs}
 ms = lambda us: f"{us / 1000:.3f}"
-print(f"| run | achieved req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | server CPU µs/req |")
-print("|---|---|---|---|---|---|---|---|---|")
-for name, label in (("floor", "hello-world floor (HTTP)"), ("http", "allot native HTTP /v1/allocate"), ("grpc", "allot native gRPC Allocate")):
+print("| run | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | shed | server CPU µs/req |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for name, label in runs:
     x, l = r[name], r[name]["latency_us"]
     cpu = x.get("server_cpu_us_per_request")
-    print(f"| {label} | {x['achieved_rate']:.0f} | {ms(l['p50'])} | {ms(l['p90'])} | {ms(l['p99'])} | {ms(l['p99_9'])} | {ms(l['max'])} | {x['errors']} | {cpu:.1f} |" if cpu is not None else f"| {label} | ... |")
-f, h, g = r["floor"], r["http"], r["grpc"]
-ratio = lambda a, b: a / b if b else float("nan")
+    cpu = f"{cpu:.1f}" if cpu is not None else "n/a"
+    print(f"| {label} | {x['achieved_rate']:.0f} | {ms(l['p50'])} | {ms(l['p90'])} | {ms(l['p99'])} | "
+          f"{ms(l['p99_9'])} | {ms(l['max'])} | {x['errors']} | {x['shed']} | {cpu} |")
+cpu = lambda n: r[n]["server_cpu_us_per_request"]
+lat = lambda n, q: r[n]["latency_us"][q]
+sw = r["swap"]["swaps"]
+rows = [
+    ("HTTP CPU/request ≤ 1.5× floor", f"{cpu('http') / cpu('floor'):.2f}× ({cpu('http'):.1f} vs {cpu('floor'):.1f} µs)", cpu("http") <= 1.5 * cpu("floor")),
+    ("HTTP p99 < 1 ms at the rate", f"{ms(lat('http', 'p99'))} ms", lat("http", "p99") < 1000),
+    ("HTTP p99.9 ≤ 1.5× floor's p99.9", f"{lat('http', 'p99_9') / lat('floor', 'p99_9'):.2f}× ({ms(lat('http', 'p99_9'))} vs {ms(lat('floor', 'p99_9'))} ms)", lat("http", "p99_9") <= 1.5 * lat("floor", "p99_9")),
+    ("gRPC p99 < 1 ms", f"{ms(lat('grpc', 'p99'))} ms", lat("grpc", "p99") < 1000),
+    ("gRPC CPU/request ≤ 2× floor", f"{cpu('grpc') / cpu('floor'):.2f}× ({cpu('grpc'):.1f} µs)", cpu("grpc") <= 2 * cpu("floor")),
+    ("OFREP bulk, 100 flags ≤ 40 µs CPU/request", f"{cpu('bulk100'):.1f} µs", cpu("bulk100") <= 40),
+    ("swaps every 100 ms: zero errors", f"{r['swap']['errors']} errors, {sw['ok']} swaps ok, {sw['failed']} failed", r["swap"]["errors"] == 0 and sw["failed"] == 0 and sw["ok"] > 0),
+    ("swaps: p99 within 1.2× of the same run without", f"{lat('swap', 'p99') / lat('http', 'p99'):.2f}× ({ms(lat('swap', 'p99'))} vs {ms(lat('http', 'p99'))} ms)", lat("swap", "p99") <= 1.2 * lat("http", "p99")),
+    ("assignment log on: p99 within 1.1× of off", f"{lat('log', 'p99') / lat('http', 'p99'):.2f}× ({ms(lat('log', 'p99'))} vs {ms(lat('http', 'p99'))} ms)", lat("log", "p99") <= 1.1 * lat("http", "p99")),
+    ("idle RSS, demo config < 30 MB", f"{int(rss['demo']) / 1024:.1f} MiB", int(rss["demo"]) * 1024 < 30e6),
+    ("idle RSS, 10,000 experiments < 200 MB", f"{int(rss['10k']) / 1024:.1f} MiB", int(rss["10k"]) * 1024 < 200e6),
+]
 print()
-print(f"HTTP: CPU/request {ratio(h['server_cpu_us_per_request'], f['server_cpu_us_per_request']):.2f}x the floor (target <= 1.5x); "
-      f"p99 {ms(h['latency_us']['p99'])} ms (target < 1 ms); p99.9 {ratio(h['latency_us']['p99_9'], f['latency_us']['p99_9']):.2f}x the floor's (target <= 1.5x)")
-print(f"gRPC: CPU/request {ratio(g['server_cpu_us_per_request'], f['server_cpu_us_per_request']):.2f}x the floor (target <= 2x); p99 {ms(g['latency_us']['p99'])} ms (target < 1 ms)")
-print(f"Idle RSS of allot-server with the demo config: {rss / 1024:.1f} MiB (target < 30 MB)")
+print("| target (issue 7) | measured | met? |")
+print("|---|---|---|")
+for target, measured, met in rows:
+    print(f"| {target} | {measured} | {'yes' if met else '**no**'} |")
+print(f"\nJSON reports in {out}")
 PY

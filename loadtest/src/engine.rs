@@ -3,9 +3,11 @@
 //! Open loop: a scheduler thread walks the timetable (`t0 + i / rate`) with `thread::sleep`,
 //! which wakes within tens of microseconds (tokio's timer would round every slot up to the
 //! next millisecond), and puts each request, stamped with its scheduled time, on one bounded
-//! queue. HTTP workers (one per keep-alive connection, one request at a time) take the next
-//! request whenever they are idle; a gRPC dispatcher spreads requests over the channels as
-//! concurrent streams. A full queue or too many in flight counts as `dropped_overload`.
+//! queue. HTTP/1.1 workers (one per keep-alive connection, one request at a time) take the next
+//! request whenever they are idle; for HTTP/2 and gRPC a dispatcher spreads requests over the
+//! connections as concurrent streams. A full queue or too many in flight counts as
+//! `dropped_overload`. Beside the load, an optional swapper pushes configs to the admin port
+//! and an optional progress line shows the counts so far.
 //!
 //! Invariant: the run ends by `warmup + duration + grace` (plus connection setup): every
 //! request's timeout is cut to that deadline, workers stop taking work at it, and whatever
@@ -18,12 +20,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, ensure};
 use hdrhistogram::Histogram;
 use hyper::Uri;
+use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::cpu::cpu_time_us;
 use crate::population::Population;
 use crate::report::{CpuTimes, Header, MAX_LATENCY_US, Report, Stats};
-use crate::target::{ErrorKind, GrpcConn, HttpConn};
+use crate::swap::Swapper;
+use crate::target::{ErrorKind, GrpcConn, H2Conn, HttpConn};
 use crate::{Config, Protocol};
 
 /// Extra time, past the grace period, allowed for workers to notice the deadline.
@@ -46,6 +50,12 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         config.zipf.is_finite() && config.zipf >= 0.0,
         "zipf exponent must be >= 0"
     );
+    ensure!(
+        !(config.http2 && config.protocol.is_grpc()),
+        "HTTP/2 is an option of the HTTP protocols; {} always uses it",
+        config.protocol
+    );
+    let swapper = config.swap.as_ref().map(Swapper::new).transpose()?;
     let url: Uri = config
         .url
         .parse()
@@ -56,10 +66,14 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
 
     let mut conns = Vec::with_capacity(config.connections);
     for _ in 0..config.connections {
+        let (protocol, flag) = (config.protocol, config.flag.as_str());
         let connect = async {
-            anyhow::Ok(match config.protocol {
-                Protocol::Http => Conn::Http(HttpConn::connect(&url).await?),
-                Protocol::Grpc => Conn::Grpc(GrpcConn::connect(&url).await?),
+            anyhow::Ok(if protocol.is_grpc() {
+                Conn::Mux(Mux::Grpc(GrpcConn::connect(&url, protocol, flag).await?))
+            } else if config.http2 {
+                Conn::Mux(Mux::H2(H2Conn::connect(&url, protocol, flag).await?))
+            } else {
+                Conn::Http(HttpConn::connect(&url, protocol, flag).await?)
             })
         };
         // A silent address (packets dropped) would otherwise hang for the OS's TCP timeout.
@@ -86,6 +100,10 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         tokio::time::sleep_until(measure_start.into()).await;
         cpu_sample(pid)
     });
+    let swaps = swapper.map(|s| tokio::spawn(s.run(start, end)));
+    let progress = config
+        .progress
+        .then(|| tokio::spawn(show_progress(run.clone(), start, end)));
 
     let window = match config.rate {
         Some(rate) => open_loop(&run, conns, rate, start, end, config.max_pending).await,
@@ -95,6 +113,13 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         }
     };
     let cpu_after = cpu_sample(pid);
+    if let Some(p) = progress {
+        p.abort();
+    }
+    let swaps = match swaps {
+        Some(task) => task.await.ok(),
+        None => None,
+    };
 
     // Late answers after this point go to a fresh `Stats` that nobody reads.
     let mut stats = std::mem::take(&mut *run.stats.lock().unwrap_or_else(PoisonError::into_inner));
@@ -111,14 +136,17 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         server_us: delta(cpu_before.server_us, cpu_after.server_us),
         client_us: delta(cpu_before.client_us, cpu_after.client_us),
     };
+    let uses_flag = matches!(config.protocol, Protocol::Ofrep | Protocol::Flagd);
     let header = Header {
         protocol: config.protocol.to_string(),
+        http2: config.http2 || config.protocol.is_grpc(),
+        flag: uses_flag.then(|| config.flag.clone()),
         url: config.url,
         target_rate: config.rate,
         duration: config.duration,
         connections: config.connections,
     };
-    Ok(Report::new(header, stats, lag, cpu))
+    Ok(Report::new(header, stats, lag, cpu, swaps))
 }
 
 /// State every worker shares.
@@ -151,9 +179,16 @@ struct WindowCount {
     lag: Option<Histogram<u64>>,
 }
 
-/// A connection of either protocol.
+/// A connection: HTTP/1.1 (one request at a time) or multiplexed.
 enum Conn {
     Http(HttpConn),
+    Mux(Mux),
+}
+
+/// A connection that carries concurrent requests; clones share it.
+#[derive(Clone)]
+enum Mux {
+    H2(H2Conn),
     Grpc(GrpcConn),
 }
 
@@ -189,7 +224,23 @@ impl Conn {
     ) -> Result<(), ErrorKind> {
         match self {
             Conn::Http(c) => c.call_timeout(population, unit, timeout).await,
-            Conn::Grpc(c) => c.call_timeout(population, unit, timeout).await,
+            Conn::Mux(c) => c.call(population, unit, timeout).await,
+        }
+    }
+}
+
+// === impl Mux ===
+
+impl Mux {
+    async fn call(
+        &self,
+        population: &Population,
+        unit: u64,
+        timeout: Duration,
+    ) -> Result<(), ErrorKind> {
+        match self {
+            Mux::H2(c) => c.call_timeout(population, unit, timeout).await,
+            Mux::Grpc(c) => c.call_timeout(population, unit, timeout).await,
         }
     }
 }
@@ -213,15 +264,15 @@ async fn open_loop(
     };
 
     let workers: tokio::task::JoinHandle<()> = match conns.first() {
-        Some(Conn::Grpc(_)) => {
+        Some(Conn::Mux(_)) => {
             let clients = conns
                 .into_iter()
                 .filter_map(|c| match c {
-                    Conn::Grpc(g) => Some(g),
+                    Conn::Mux(m) => Some(m),
                     Conn::Http(_) => None,
                 })
                 .collect();
-            tokio::spawn(grpc_dispatch(
+            tokio::spawn(mux_dispatch(
                 run.clone(),
                 rx,
                 clients,
@@ -329,11 +380,12 @@ async fn http_worker(
     }
 }
 
-/// Spreads queued requests over the gRPC channels round-robin, each as its own stream.
-async fn grpc_dispatch(
+/// Spreads queued requests over the HTTP/2 connections or gRPC channels round-robin, each as
+/// its own stream.
+async fn mux_dispatch(
     run: Arc<Shared>,
     mut rx: mpsc::Receiver<Job>,
-    clients: Vec<GrpcConn>,
+    clients: Vec<Mux>,
     max_in_flight: usize,
     dropped: Arc<AtomicU64>,
 ) {
@@ -350,13 +402,11 @@ async fn grpc_dispatch(
             }
             continue;
         };
-        let mut client = clients[next % clients.len()].clone();
+        let client = clients[next % clients.len()].clone();
         next = next.wrapping_add(1);
         let run = run.clone();
         tokio::spawn(async move {
-            let result = client
-                .call_timeout(&run.population, job.unit, timeout)
-                .await;
+            let result = client.call(&run.population, job.unit, timeout).await;
             if job.measured {
                 run.finish(job.scheduled, result);
             }
@@ -405,5 +455,55 @@ fn cpu_sample(server_pid: Option<u32>) -> CpuTimes {
     CpuTimes {
         server_us: server_pid.and_then(|pid| cpu_time_us(Some(pid)).ok()),
         client_us: cpu_time_us(None).ok(),
+    }
+}
+
+/// Redraws a progress line on stderr every 200 ms until aborted: elapsed time over the whole
+/// run, then the measured window's counts so far. indicatif draws nothing when stderr is not a
+/// terminal.
+async fn show_progress(run: Arc<Shared>, start: Instant, end: Instant) {
+    let total_ms = end.saturating_duration_since(start).as_millis();
+    let bar = ProgressBar::new(u64::try_from(total_ms).unwrap_or(u64::MAX));
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed:>4} [{bar:24}] {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    // The task ends by being aborted: the guard clears the line when the future is dropped.
+    struct Clear(ProgressBar);
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            self.0.finish_and_clear();
+        }
+    }
+    let bar = Clear(bar);
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(start).as_millis();
+        bar.0
+            .set_position(u64::try_from(elapsed).unwrap_or(u64::MAX));
+        if now < run.measure_start {
+            bar.0.set_message("warm-up");
+            continue;
+        }
+        let (ok, shed, failed, answered) = {
+            let stats = run.stats.lock().unwrap_or_else(PoisonError::into_inner);
+            let shed = stats.shed();
+            let failed = stats.errors.values().sum::<u64>() - shed;
+            (stats.ok, shed, failed, stats.answered())
+        };
+        let secs = now
+            .saturating_duration_since(run.measure_start)
+            .as_secs_f64();
+        let rate = if secs > 0.0 {
+            answered as f64 / secs
+        } else {
+            0.0
+        };
+        bar.0.set_message(format!(
+            "{ok} ok, {failed} errors, {shed} shed, {rate:.0} req/s"
+        ));
     }
 }

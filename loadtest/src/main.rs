@@ -1,10 +1,13 @@
 //! `allot-loadtest` binary: parses flags into an [`allot_loadtest::Config`], runs it, prints the
 //! report (text or `--json`), and exits 2 when `--assert-p99-ms` is missed.
 
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use allot_loadtest::{Config, Protocol};
+use allot_loadtest::{Config, DEFAULT_FLAG, Protocol, Swap};
+use anyhow::Context as _;
 use clap::Parser;
 
 /// Open-loop load generator for allot: fixed-rate requests, latency measured from each
@@ -12,14 +15,26 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "allot-loadtest", version, about, long_about = None)]
 struct Cli {
-    /// Server URL; defaults to http://127.0.0.1:8016 (http) or http://127.0.0.1:8013 (grpc).
-    /// For http, a path replaces /v1/allocate.
+    /// Server URL; defaults to http://127.0.0.1:8016 (HTTP protocols) or
+    /// http://127.0.0.1:8013 (gRPC protocols). For HTTP, a path replaces the protocol's own.
     #[arg(long)]
     url: Option<String>,
 
-    /// API to load: `http` (POST /v1/allocate) or `grpc` (allot.v1.Allocator/Allocate).
+    /// API to load: `http` (POST /v1/allocate), `ofrep` (POST /ofrep/v1/evaluate/flags/FLAG),
+    /// `ofrep-bulk` (POST /ofrep/v1/evaluate/flags), `grpc` (allot.v1.Allocator/Allocate),
+    /// `flagd` (flagd.evaluation.v2 ResolveBoolean on FLAG), `flagd-all` (flagd.evaluation.v1
+    /// ResolveAll).
     #[arg(long, default_value = "http")]
     protocol: Protocol,
+
+    /// The flag `ofrep` and `flagd` evaluate (a boolean flag for `flagd`).
+    #[arg(long, default_value = DEFAULT_FLAG)]
+    flag: String,
+
+    /// HTTP/2 (h2c, prior knowledge) for the HTTP protocols: each connection carries
+    /// concurrent streams. gRPC protocols always use HTTP/2.
+    #[arg(long)]
+    http2: bool,
 
     /// Requests per second, on a fixed timetable (open loop).
     #[arg(long, default_value_t = 1000.0)]
@@ -37,7 +52,8 @@ struct Cli {
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     warmup: Duration,
 
-    /// HTTP/1.1 keep-alive connections, or gRPC channels (HTTP/2, concurrent streams).
+    /// HTTP/1.1 keep-alive connections, or HTTP/2 connections / gRPC channels (concurrent
+    /// streams).
     #[arg(long, default_value_t = 4)]
     connections: usize,
 
@@ -69,9 +85,35 @@ struct Cli {
     #[arg(long)]
     server_pid: Option<u32>,
 
-    /// Print the report as one JSON object.
+    /// Swap the server's config this often during the run (PUT /admin/config), alternating
+    /// the --swap-config files.
+    #[arg(long, value_parser = humantime::parse_duration, requires = "swap_config")]
+    swap_every: Option<Duration>,
+
+    /// A config document (YAML or JSON) for --swap-every; give it twice or more.
+    #[arg(long, value_name = "FILE")]
+    swap_config: Vec<PathBuf>,
+
+    /// The admin endpoint for --swap-every.
+    #[arg(long, default_value = "http://127.0.0.1:8014/admin/config")]
+    swap_url: String,
+
+    /// Admin bearer token for --swap-every.
+    #[arg(
+        long,
+        env = "ALLOT_ADMIN_TOKEN",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    swap_token: String,
+
+    /// Print the report as one JSON object (and no progress line).
     #[arg(long)]
     json: bool,
+
+    /// No live progress line (it is also off when stdout is not a terminal).
+    #[arg(long)]
+    quiet: bool,
 
     /// Exit with status 2 if p99 latency exceeds this many milliseconds.
     #[arg(long)]
@@ -81,11 +123,20 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    let swap = match swap(&cli) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("allot-loadtest: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let config = Config {
         url: cli
             .url
             .unwrap_or_else(|| cli.protocol.default_url().to_owned()),
         protocol: cli.protocol,
+        flag: cli.flag.clone(),
+        http2: cli.http2,
         rate: (!cli.max).then_some(cli.rate),
         duration: cli.duration,
         warmup: cli.warmup,
@@ -97,6 +148,8 @@ async fn main() -> ExitCode {
         grace: cli.grace,
         max_pending: cli.max_pending,
         server_pid: cli.server_pid,
+        swap,
+        progress: !cli.json && !cli.quiet && std::io::stdout().is_terminal(),
     };
     let report = match allot_loadtest::run(config).await {
         Ok(r) => r,
@@ -118,4 +171,22 @@ async fn main() -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// The swap settings, reading the documents.
+fn swap(cli: &Cli) -> anyhow::Result<Option<Swap>> {
+    let Some(every) = cli.swap_every else {
+        return Ok(None);
+    };
+    let documents = cli
+        .swap_config
+        .iter()
+        .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Some(Swap {
+        url: cli.swap_url.clone(),
+        token: cli.swap_token.clone(),
+        every,
+        documents,
+    }))
 }

@@ -1,8 +1,8 @@
 //! The simulated population: which unit each request is for, and that unit's context.
 //!
-//! Everything here is a pure function of the seed: unit `i` is `member-{i}` and always has the
-//! same country, platform and app version, and the sequence of units drawn from a
-//! [`Sampler`] is the same on every run. Owns no I/O and no clock.
+//! Everything here is a pure function of the seed: unit `i` is `member-{i}` on device
+//! `device-{i}` and always has the same country, platform and app version, and the sequence of
+//! units drawn from a [`Sampler`] is the same on every run. Owns no I/O and no clock.
 
 use std::fmt::Write as _;
 
@@ -104,7 +104,7 @@ impl Population {
         // The attribute values are fixed ASCII identifiers, so no JSON escaping is needed.
         let _ = write!(
             s,
-            r#"{{"context":{{"targetingKey":"member-{unit}","country":"{country}","platform":"{platform}","app_version":"{app_version}"}}}}"#
+            r#"{{"context":{{"targetingKey":"member-{unit}","device_id":"device-{unit}","country":"{country}","platform":"{platform}","app_version":"{app_version}"}}}}"#
         );
         s
     }
@@ -114,6 +114,7 @@ impl Population {
         let (country, platform, app_version) = self.attributes(unit);
         let mut m = Map::new();
         m.insert("targetingKey".into(), format!("member-{unit}").into());
+        m.insert("device_id".into(), format!("device-{unit}").into());
         m.insert("country".into(), country.into());
         m.insert("platform".into(), platform.into());
         m.insert("app_version".into(), app_version.into());
@@ -191,6 +192,15 @@ mod tests {
                 "rank {k}: {c} vs {expected}"
             );
         }
+    }
+
+    #[test]
+    fn first_unit_body_is_pinned() {
+        // scripts/compare-oha.sh computes this body for oha; keep the two in step.
+        assert_eq!(
+            Population::new(1, 0.0, 1).http_body(0),
+            r#"{"context":{"targetingKey":"member-0","device_id":"device-0","country":"CA","platform":"ios","app_version":"5.0.0"}}"#
+        );
     }
 
     #[test]
