@@ -414,9 +414,9 @@ fn field_json(key: &str, field: &EvaluationContextFieldValue) -> EvaluationResul
             if let Some(v) = any.downcast_ref::<Value>() {
                 v.clone()
             } else if let Some(s) = any.downcast_ref::<StructValue>() {
-                struct_json(s)
+                struct_to_json(s)
             } else if let Some(v) = any.downcast_ref::<open_feature::Value>() {
-                value_json(v)
+                value_to_json(v)
             } else {
                 return Err(invalid(
                     "a struct must hold a StructValue, an open_feature::Value or a serde_json::Value",
@@ -426,24 +426,26 @@ fn field_json(key: &str, field: &EvaluationContextFieldValue) -> EvaluationResul
     })
 }
 
-fn struct_json(s: &StructValue) -> Value {
+/// An OpenFeature struct as the JSON object it stands for (non-finite floats become `null`).
+pub fn struct_to_json(s: &StructValue) -> Value {
     Value::Object(
         s.fields
             .iter()
-            .map(|(k, v)| (k.clone(), value_json(v)))
+            .map(|(k, v)| (k.clone(), value_to_json(v)))
             .collect(),
     )
 }
 
-fn value_json(v: &open_feature::Value) -> Value {
+/// An OpenFeature value as the JSON value it stands for (non-finite floats become `null`).
+pub fn value_to_json(v: &open_feature::Value) -> Value {
     use open_feature::Value as Of;
     match v {
         Of::Bool(b) => Value::Bool(*b),
         Of::Int(i) => Value::from(*i),
         Of::Float(f) => Number::from_f64(*f).map_or(Value::Null, Value::Number),
         Of::String(s) => Value::String(s.clone()),
-        Of::Array(items) => Value::Array(items.iter().map(value_json).collect()),
-        Of::Struct(s) => struct_json(s),
+        Of::Array(items) => Value::Array(items.iter().map(value_to_json).collect()),
+        Of::Struct(s) => struct_to_json(s),
     }
 }
 
@@ -466,7 +468,7 @@ mod tests {
         let Some(open_feature::Value::Struct(s)) = to_value(&v) else {
             panic!("not a struct");
         };
-        assert_eq!(struct_json(&s), v);
+        assert_eq!(struct_to_json(&s), v);
         assert_eq!(to_value(&serde_json::json!({"a": [1, null]})), None);
         assert_eq!(
             to_value(&serde_json::json!(u64::MAX)),

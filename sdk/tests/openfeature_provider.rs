@@ -13,7 +13,7 @@ use open_feature::{
     Client, EvaluationContext, EvaluationContextFieldValue, EvaluationErrorCode, EvaluationReason,
     FlagMetadataValue, OpenFeature, StructValue,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
 fn demo() -> Arc<Snapshot> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../server/src/demo.yaml");
@@ -64,26 +64,6 @@ fn reason_of(r: Reason) -> EvaluationReason {
         Reason::Split => EvaluationReason::Split,
         Reason::Disabled => EvaluationReason::Disabled,
         Reason::Error => EvaluationReason::Error,
-    }
-}
-
-fn struct_json(s: &StructValue) -> Value {
-    Value::Object(
-        s.fields
-            .iter()
-            .map(|(k, v)| (k.clone(), value_json(v)))
-            .collect(),
-    )
-}
-
-fn value_json(v: &open_feature::Value) -> Value {
-    match v {
-        open_feature::Value::Bool(b) => json!(b),
-        open_feature::Value::Int(i) => json!(i),
-        open_feature::Value::Float(f) => json!(f),
-        open_feature::Value::String(s) => json!(s),
-        open_feature::Value::Array(a) => Value::Array(a.iter().map(value_json).collect()),
-        open_feature::Value::Struct(s) => struct_json(s),
     }
 }
 
@@ -147,7 +127,12 @@ async fn every_type_for_many_units_equals_snapshot_resolve() {
                         .get_struct_details::<StructValue>(key, Some(&of), None)
                         .await
                         .unwrap();
-                    (struct_json(&d.value), d.variant, d.reason, d.flag_metadata)
+                    (
+                        allot::openfeature::struct_to_json(&d.value),
+                        d.variant,
+                        d.reason,
+                        d.flag_metadata,
+                    )
                 }
             };
             assert_eq!(&value, want.value, "{key} {ctx:?}");

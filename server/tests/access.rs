@@ -14,7 +14,6 @@ use allot_server::app::Server;
 use http_support::CONFIG;
 use net_support::{Client, metric, start, try_start};
 use serde_json::json;
-use tonic::transport::Channel;
 use tonic::{Code, Request};
 
 const TOKENS: &str = "# fleet A\ntok-alpha-1\n\n# fleet B\n  tok-bravo-2  \n";
@@ -71,14 +70,6 @@ fn context() -> prost_types::Struct {
             .as_object()
             .unwrap(),
     )
-}
-
-async fn channel(server: &Server) -> Channel {
-    Channel::from_shared(format!("http://{}", server.grpc_addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
 }
 
 #[tokio::test]
@@ -174,7 +165,7 @@ async fn http_and_ofrep_need_a_client_token() {
 async fn grpc_and_flagd_need_a_client_token_and_health_stays_open() {
     let dir = tempfile::tempdir().unwrap();
     let server = server(dir.path()).await;
-    let ch = channel(&server).await;
+    let ch = net_support::grpc_channel(&server).await;
     let mut native = AllocatorClient::new(ch.clone());
     let mut f1 = v1::service_client::ServiceClient::new(ch.clone());
     let mut f2 = v2::service_client::ServiceClient::new(ch.clone());

@@ -156,26 +156,6 @@ fn of_context(ctx: &Value) -> EvaluationContext {
     out
 }
 
-fn struct_json(s: &StructValue) -> Value {
-    Value::Object(
-        s.fields
-            .iter()
-            .map(|(k, v)| (k.clone(), value_json(v)))
-            .collect(),
-    )
-}
-
-fn value_json(v: &open_feature::Value) -> Value {
-    match v {
-        open_feature::Value::Bool(b) => json!(b),
-        open_feature::Value::Int(i) => json!(i),
-        open_feature::Value::Float(f) => json!(f),
-        open_feature::Value::String(s) => json!(s),
-        open_feature::Value::Array(a) => Value::Array(a.iter().map(value_json).collect()),
-        open_feature::Value::Struct(s) => struct_json(s),
-    }
-}
-
 /// Evaluates `key` as `kind` through the OpenFeature client.
 async fn evaluate(
     client: &Client,
@@ -217,7 +197,7 @@ async fn evaluate(
             client
                 .get_struct_details::<StructValue>(key, Some(ctx), None)
                 .await?,
-            struct_json
+            allot::openfeature::struct_to_json
         ),
     })
 }

@@ -30,7 +30,6 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
-use tonic::transport::Channel;
 
 const BODY: &str = r#"{"context": {"targetingKey": "m-1", "device_id": "d-1"}}"#;
 
@@ -122,14 +121,6 @@ async fn in_flight(mgmt: &Client) -> f64 {
     metric(mgmt, "allot_requests_in_flight ").await
 }
 
-async fn grpc(server: &Server) -> Channel {
-    Channel::from_shared(format!("http://{}", server.grpc_addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn excess_requests_are_shed_and_the_server_recovers() {
     let dir = tempfile::tempdir().unwrap();
@@ -142,7 +133,7 @@ async fn excess_requests_are_shed_and_the_server_recovers() {
     let want = expected(&server);
     let http = Client::plain(server.http_addr);
     let mgmt = Client::plain(server.mgmt_addr);
-    let ch = grpc(&server).await;
+    let ch = net_support::grpc_channel(&server).await;
     let mut native = AllocatorClient::new(ch.clone());
     let mut flagd = v2::service_client::ServiceClient::new(ch.clone());
 
@@ -354,7 +345,7 @@ async fn slow_requests_time_out_and_grpc_timeout_is_honoured() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), CONFIG, &["--request-timeout", "1h"]).await;
     assert_eq!(stalled_grpc_call(server.grpc_addr, Some("200m")).await, "4");
-    let mut native = AllocatorClient::new(grpc(&server).await);
+    let mut native = AllocatorClient::new(net_support::grpc_channel(&server).await);
     let mut req = tonic::Request::new(AllocateRequest {
         context: Some(context()),
     });
@@ -431,7 +422,7 @@ async fn slow_header_senders_are_disconnected_and_others_served() {
     let r = net_support::send_h2(tcp, req).await.unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(cells(&r.json()), want);
-    let mut native = AllocatorClient::new(grpc(&server).await);
+    let mut native = AllocatorClient::new(net_support::grpc_channel(&server).await);
     for _ in 0..5 {
         let reply = native
             .allocate(AllocateRequest {

@@ -24,6 +24,15 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 pub const HANG: Duration = Duration::from_secs(30);
 
 /// A server started from `args` (on top of [`Settings::local`]) with the config `yaml`.
+/// A plaintext gRPC channel to `server`'s gRPC port.
+pub async fn grpc_channel(server: &Server) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(format!("http://{}", server.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
 pub async fn start(dir: &Path, yaml: &str, args: &[&str]) -> Server {
     try_start(dir, yaml, args).await.expect("server starts")
 }
