@@ -10,18 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use allot::{Client, Context};
-use allot_proto::allot::v1::allocator_server::{Allocator, AllocatorServer};
-use allot_proto::allot::v1::{
-    AllocateRequest, AllocateResponse, ConfigUpdate, ResolveFlagsRequest, ResolveFlagsResponse,
-    WatchConfigRequest,
-};
+use allot_proto::allot::v1::ConfigUpdate;
 use allot_server::state::ConfigStore;
-use grpc_support::{Server, service, small_config};
+use grpc_support::{FakeUpstream, Server, service, small_config, update};
 use serde_json::json;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
 
 /// Waits (at most 5 s) until `client` serves `revision`; returns how long that took.
 async fn wait_revision(client: &Client, revision: u64) -> Duration {
@@ -115,67 +108,10 @@ async fn client_keeps_serving_through_a_server_restart_and_catches_up() {
     server.stop().await;
 }
 
-/// An upstream that streams whatever the test sends it, on one stream only.
-struct FakeServer {
-    updates: std::sync::Mutex<Option<mpsc::Receiver<Result<ConfigUpdate, Status>>>>,
-}
-
-#[tonic::async_trait]
-impl Allocator for FakeServer {
-    async fn allocate(
-        &self,
-        _: Request<AllocateRequest>,
-    ) -> Result<Response<AllocateResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn resolve_flags(
-        &self,
-        _: Request<ResolveFlagsRequest>,
-    ) -> Result<Response<ResolveFlagsResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    type WatchConfigStream = ReceiverStream<Result<ConfigUpdate, Status>>;
-
-    async fn watch_config(
-        &self,
-        _: Request<WatchConfigRequest>,
-    ) -> Result<Response<Self::WatchConfigStream>, Status> {
-        match self.updates.lock().unwrap().take() {
-            Some(rx) => Ok(Response::new(ReceiverStream::new(rx))),
-            None => Err(Status::unavailable("already streaming")),
-        }
-    }
-}
-
-fn update(config: &allot::Config, revision: u64) -> ConfigUpdate {
-    ConfigUpdate {
-        revision,
-        content_hash: format!("{:016x}", config.content_hash()),
-        config_json: config.to_canonical_json(),
-    }
-}
-
 #[tokio::test]
 async fn client_refuses_bad_configs_and_keeps_serving() {
-    let (tx, rx) = mpsc::channel(8);
-    let fake = FakeServer {
-        updates: std::sync::Mutex::new(Some(rx)),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(AllocatorServer::new(fake))
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener),
-                async move {
-                    let _ = stopped.await;
-                },
-            ),
-    );
+    let upstream = FakeUpstream::start().await;
+    let (addr, tx) = (upstream.addr, upstream.tx.clone());
     let client = Client::builder(format!("http://{addr}")).connect().unwrap();
     tx.send(Ok(update(&small_config(10), 1))).await.unwrap();
     wait_revision(&client, 1).await;
@@ -209,12 +145,7 @@ async fn client_refuses_bad_configs_and_keeps_serving() {
         .await
         .expect("the client closes its stream within 5 s of being dropped");
     drop(tx);
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(5), server)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    upstream.stop().await;
 }
 
 #[tokio::test]

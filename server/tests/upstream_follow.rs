@@ -9,17 +9,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use allot::Context;
-use allot_proto::allot::v1::allocator_server::{Allocator, AllocatorServer};
-use allot_proto::allot::v1::{
-    AllocateRequest, AllocateResponse, ConfigUpdate, ResolveFlagsRequest, ResolveFlagsResponse,
-    WatchConfigRequest,
-};
+use allot_proto::allot::v1::ConfigUpdate;
 use allot_server::metrics::Metrics;
 use allot_server::state::ConfigStore;
-use grpc_support::{Server, service, small_config, wait_for_revision};
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
+use grpc_support::{FakeUpstream, Server, service, small_config, update, wait_for_revision};
+use tokio::sync::watch;
 
 /// A follower of `url`; dropping the sender stops it (see [`Follower::stop`]).
 struct Follower {
@@ -91,68 +85,10 @@ async fn follower_converges_after_each_upstream_apply() {
     server.stop().await;
 }
 
-/// An upstream that streams whatever the test sends it.
-struct FakeUpstream {
-    updates: std::sync::Mutex<Option<mpsc::Receiver<Result<ConfigUpdate, Status>>>>,
-}
-
-#[tonic::async_trait]
-impl Allocator for FakeUpstream {
-    async fn allocate(
-        &self,
-        _: Request<AllocateRequest>,
-    ) -> Result<Response<AllocateResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    async fn resolve_flags(
-        &self,
-        _: Request<ResolveFlagsRequest>,
-    ) -> Result<Response<ResolveFlagsResponse>, Status> {
-        Err(Status::unimplemented("fake"))
-    }
-
-    type WatchConfigStream = ReceiverStream<Result<ConfigUpdate, Status>>;
-
-    async fn watch_config(
-        &self,
-        _: Request<WatchConfigRequest>,
-    ) -> Result<Response<Self::WatchConfigStream>, Status> {
-        // One stream only: a reconnect would mean the follower dropped the stream.
-        match self.updates.lock().unwrap().take() {
-            Some(rx) => Ok(Response::new(ReceiverStream::new(rx))),
-            None => Err(Status::unavailable("already streaming")),
-        }
-    }
-}
-
-fn update(config: &allot::Config, revision: u64) -> ConfigUpdate {
-    ConfigUpdate {
-        revision,
-        content_hash: format!("{:016x}", config.content_hash()),
-        config_json: config.to_canonical_json(),
-    }
-}
-
 #[tokio::test]
 async fn follower_rejects_bad_updates_and_keeps_serving() {
-    let (tx, rx) = mpsc::channel(8);
-    let fake = FakeUpstream {
-        updates: std::sync::Mutex::new(Some(rx)),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(AllocatorServer::new(fake))
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener),
-                async move {
-                    let _ = server_stopped.await;
-                },
-            ),
-    );
+    let upstream = FakeUpstream::start().await;
+    let (addr, tx) = (upstream.addr, upstream.tx.clone());
     let metrics = Metrics::new();
     let follower = Follower::start_with(format!("http://{addr}"), Some(metrics.clone()));
 
@@ -199,12 +135,7 @@ async fn follower_rejects_bad_updates_and_keeps_serving() {
 
     follower.stop().await;
     drop(tx);
-    let _ = stop_server.send(());
-    tokio::time::timeout(Duration::from_secs(5), server)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    upstream.stop().await;
 }
 
 #[tokio::test]

@@ -9,6 +9,11 @@ use std::time::Duration;
 
 use allot::{Config, Snapshot};
 use allot_proto::allot::v1::allocator_client::AllocatorClient;
+use allot_proto::allot::v1::allocator_server::{Allocator, AllocatorServer};
+use allot_proto::allot::v1::{
+    AllocateRequest, AllocateResponse, ConfigUpdate, ResolveFlagsRequest, ResolveFlagsResponse,
+    WatchConfigRequest,
+};
 use allot_proto::convert::json_map_to_struct;
 use allot_server::service::{Limits, Service};
 use allot_server::state::ConfigStore;
@@ -270,5 +275,103 @@ pub async fn wait_for_revision(store: &ConfigStore, revision: u64) -> Arc<Snapsh
             "store did not reach revision {revision} within 5 s (serving {:?})",
             store.revision()
         ),
+    }
+}
+
+/// A fake upstream on 127.0.0.1 whose `WatchConfig` streams whatever the test sends through
+/// [`FakeUpstream::tx`], on one stream only (a second stream, i.e. a reconnect, gets
+/// UNAVAILABLE); its other methods are unimplemented.
+pub struct FakeUpstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The updates (or errors) to stream.
+    pub tx: tokio::sync::mpsc::Sender<Result<ConfigUpdate, tonic::Status>>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+struct FakeAllocator {
+    updates:
+        std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<Result<ConfigUpdate, tonic::Status>>>>,
+}
+
+#[tonic::async_trait]
+impl Allocator for FakeAllocator {
+    async fn allocate(
+        &self,
+        _: tonic::Request<AllocateRequest>,
+    ) -> Result<tonic::Response<AllocateResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("fake"))
+    }
+
+    async fn resolve_flags(
+        &self,
+        _: tonic::Request<ResolveFlagsRequest>,
+    ) -> Result<tonic::Response<ResolveFlagsResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("fake"))
+    }
+
+    type WatchConfigStream =
+        tokio_stream::wrappers::ReceiverStream<Result<ConfigUpdate, tonic::Status>>;
+
+    async fn watch_config(
+        &self,
+        _: tonic::Request<WatchConfigRequest>,
+    ) -> Result<tonic::Response<Self::WatchConfigStream>, tonic::Status> {
+        match self.updates.lock().unwrap().take() {
+            Some(rx) => Ok(tonic::Response::new(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            )),
+            None => Err(tonic::Status::unavailable("already streaming")),
+        }
+    }
+}
+
+impl FakeUpstream {
+    /// Binds an ephemeral port and serves.
+    pub async fn start() -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let fake = FakeAllocator {
+            updates: std::sync::Mutex::new(Some(rx)),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(AllocatorServer::new(fake))
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    async move {
+                        let _ = stopped.await;
+                    },
+                ),
+        );
+        Self {
+            addr,
+            tx,
+            stop,
+            task,
+        }
+    }
+
+    /// Ends the stream and stops the server (within 5 s).
+    pub async fn stop(self) {
+        drop(self.tx);
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(5), self.task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// The `WatchConfig` update that carries `config` as `revision`.
+pub fn update(config: &Config, revision: u64) -> ConfigUpdate {
+    ConfigUpdate {
+        revision,
+        content_hash: format!("{:016x}", config.content_hash()),
+        config_json: config.to_canonical_json(),
     }
 }
