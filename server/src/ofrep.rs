@@ -11,23 +11,22 @@
 //! an `Origin` (browsers), so browser providers can call it. Like [`crate::http`], this module
 //! only decodes, calls [`Service`], and encodes.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context as TaskContext, Poll};
+use std::sync::LazyLock;
 
 use allot::{Context, ErrorCode, FlagType, Reason, Resolution};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use pin_project_lite::pin_project;
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tower_http::cors::{Any, Cors, CorsLayer};
+use tower::{Layer, ServiceExt};
+use tower_http::cors::{Any, CorsLayer};
 
 use crate::error::ApiError;
 use crate::http::{self, BAGGAGE, MAX_BODY, TRACEPARENT};
@@ -50,7 +49,7 @@ pub fn router(service: Service) -> Router {
         // Before the CORS layer, so that it still answers preflights (OPTIONS).
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(BrowserCorsLayer)
+        .layer(middleware::from_fn(cors_for_browsers))
         .with_state(service)
 }
 
@@ -59,79 +58,14 @@ pub fn router(service: Service) -> Router {
 /// layer's per-response work (building and merging a `Vary` and the `access-control-*`
 /// headers, about a sixth of a single-flag evaluation). OFREP answers are `POST` responses,
 /// which shared caches do not store, so omitting `Vary: Origin` there is safe.
-///
-/// Hand-written rather than `axum::middleware::from_fn`: no boxed future and no per-request
-/// layer construction; the CORS service is built once per route.
-#[derive(Clone)]
-struct BrowserCorsLayer;
-
-/// The service of [`BrowserCorsLayer`]: the route, and the same route behind [`cors`].
-#[derive(Clone)]
-struct BrowserCors<S> {
-    plain: S,
-    cors: Cors<S>,
-}
-
-pin_project! {
-    /// The response future of [`BrowserCors`]: one of its two services'.
-    #[project = BrowserCorsProj]
-    enum BrowserCorsFuture<P, C> {
-        Plain { #[pin] fut: P },
-        Cors { #[pin] fut: C },
+async fn cors_for_browsers(req: Request, next: Next) -> Response {
+    static CORS: LazyLock<CorsLayer> = LazyLock::new(cors);
+    if !req.headers().contains_key(header::ORIGIN) {
+        return next.run(req).await;
     }
-}
-
-impl<S: Clone> tower::Layer<S> for BrowserCorsLayer {
-    type Service = BrowserCors<S>;
-
-    fn layer(&self, inner: S) -> BrowserCors<S> {
-        BrowserCors {
-            cors: cors().layer(inner.clone()),
-            plain: inner,
-        }
-    }
-}
-
-impl<S, B, ResBody> tower::Service<axum::http::Request<B>> for BrowserCors<S>
-where
-    S: tower::Service<axum::http::Request<B>, Response = axum::http::Response<ResBody>>,
-    ResBody: Default,
-{
-    type Response = axum::http::Response<ResBody>;
-    type Error = S::Error;
-    type Future =
-        BrowserCorsFuture<S::Future, <Cors<S> as tower::Service<axum::http::Request<B>>>::Future>;
-
-    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
-        std::task::ready!(self.plain.poll_ready(cx))?;
-        tower::Service::<axum::http::Request<B>>::poll_ready(&mut self.cors, cx)
-    }
-
-    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
-        if req.headers().contains_key(header::ORIGIN) {
-            BrowserCorsFuture::Cors {
-                fut: self.cors.call(req),
-            }
-        } else {
-            BrowserCorsFuture::Plain {
-                fut: self.plain.call(req),
-            }
-        }
-    }
-}
-
-impl<P, C, T, E> Future for BrowserCorsFuture<P, C>
-where
-    P: Future<Output = Result<T, E>>,
-    C: Future<Output = Result<T, E>>,
-{
-    type Output = Result<T, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            BrowserCorsProj::Plain { fut } => fut.poll(cx),
-            BrowserCorsProj::Cors { fut } => fut.poll(cx),
-        }
+    match CORS.layer(next).oneshot(req).await {
+        Ok(res) => res,
+        Err(never) => match never {},
     }
 }
 
