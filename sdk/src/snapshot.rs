@@ -457,7 +457,7 @@ impl Snapshot {
     }
 
     /// The value of unit key `i` in `ctx`.
-    #[inline]
+    #[inline(always)]
     fn unit_of<'c>(&self, i: u32, ctx: &'c Context) -> Result<&'c str, UnitError> {
         if Some(i) == self.targeting_unit {
             return ctx.targeting_unit();
@@ -475,14 +475,14 @@ impl Snapshot {
     }
 
     /// The unit's experiment and cell in one layer, holdouts aside.
-    #[inline]
+    #[inline(always)]
     fn assign(&self, li: u32, layer: &Layer, unit: &str, ctx: &Context) -> Option<Hit> {
         let (owner, bucket) = self.locate(layer, unit)?;
         self.settle(li, owner, bucket, unit, ctx)
     }
 
     /// The unit's bucket in the layer and the index of the range owning it, if any.
-    #[inline]
+    #[inline(always)]
     fn locate(&self, layer: &Layer, unit: &str) -> Option<(u32, u32)> {
         let bucket = scale(hash(layer.seed, unit), u64::from(layer.buckets)) as u32;
         let first = layer.first as usize;
@@ -496,7 +496,7 @@ impl Snapshot {
     }
 
     /// Eligibility and the cell for a unit whose bucket is owned by `owners[owner]`.
-    #[inline]
+    #[inline(always)]
     fn settle(
         &self,
         li: u32,
@@ -528,6 +528,7 @@ impl Snapshot {
         })
     }
 
+    #[inline(always)]
     fn named(&self, hit: Hit) -> Assignment<'_> {
         Assignment {
             layer: self.layers.get(hit.layer as usize).map_or("", |l| &*l.id),
@@ -622,7 +623,7 @@ impl Holdout {
 // === impl Cell ===
 
 impl Cell {
-    #[inline]
+    #[inline(always)]
     fn variant_of(&self, flag: u32) -> Option<u32> {
         self.flags.iter().find(|(f, _)| *f == flag).map(|&(_, v)| v)
     }
@@ -631,6 +632,7 @@ impl Cell {
 // === impl Flag ===
 
 impl Flag {
+    #[inline(always)]
     fn resolution(&self, variant: u32, reason: Reason) -> Resolution<'_> {
         static NULL: Value = Value::Null;
         let (name, value) = self
@@ -648,6 +650,7 @@ impl Flag {
         }
     }
 
+    #[inline(always)]
     fn default_resolution(&self, reason: Reason) -> Resolution<'_> {
         self.resolution(self.default, reason)
     }
