@@ -223,7 +223,7 @@ pub struct StaleFlagId(pub FlagId);
 pub struct FlagNotFound(pub String);
 
 /// Internal: a layer assignment by indices.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Hit {
     layer: u32,
     /// Index into `bounds`/`owners`.
@@ -231,6 +231,30 @@ struct Hit {
     /// Index into `cells`.
     cell: u32,
     bucket: u32,
+}
+
+/// A resolution by indices into the snapshot that made it: what [`Resolution`] names.
+/// `Snapshot::view` turns it into one; the client's owned `Resolved` holds one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Raw {
+    /// Index into `flags`.
+    flag: u32,
+    /// Index into the flag's variants.
+    variant: u32,
+    reason: Reason,
+    error: Option<ErrorCode>,
+    hit: Option<Hit>,
+}
+
+#[cfg(feature = "client")]
+impl Raw {
+    pub(crate) fn reason(&self) -> Reason {
+        self.reason
+    }
+
+    pub(crate) fn error(&self) -> Option<ErrorCode> {
+        self.error
+    }
 }
 
 /// Each unit key's value in one context, read once per request.
@@ -330,7 +354,7 @@ impl Snapshot {
     /// The value of flag `key` for the context.
     pub fn resolve<'s>(&'s self, key: &str, ctx: &Context) -> Result<Resolution<'s>, FlagNotFound> {
         match self.flag(key) {
-            Some(flag) => Ok(self.resolve_flag(flag, ctx)),
+            Some(flag) => Ok(self.view_of(flag, self.resolve_flag(flag, ctx))),
             None => Err(FlagNotFound(key.to_owned())),
         }
     }
@@ -353,14 +377,59 @@ impl Snapshot {
         ctx: &Context,
     ) -> Result<Resolution<'s>, StaleFlagId> {
         match self.flags.get(id.index as usize) {
-            Some(flag) if id.config == self.content_hash => Ok(self.resolve_flag(flag, ctx)),
+            Some(flag) if id.config == self.content_hash => {
+                Ok(self.view_of(flag, self.resolve_flag(flag, ctx)))
+            }
             _ => Err(StaleFlagId(id)),
         }
     }
 
-    fn resolve_flag<'s>(&'s self, flag: &'s Flag, ctx: &Context) -> Resolution<'s> {
+    #[cfg(feature = "client")]
+    /// [`Snapshot::resolve`] by indices, for holders of a snapshot that keep the answer.
+    pub(crate) fn resolve_raw(&self, key: &str, ctx: &Context) -> Result<Raw, FlagNotFound> {
+        match self.flag(key) {
+            Some(flag) => Ok(self.resolve_flag(flag, ctx)),
+            None => Err(FlagNotFound(key.to_owned())),
+        }
+    }
+
+    #[cfg(feature = "client")]
+    /// Every flag by indices, in config order; see [`Snapshot::resolve_all`].
+    pub(crate) fn resolve_all_raw(&self, ctx: &Context, out: &mut Vec<Raw>) {
+        self.resolve_all_with(ctx, |_, raw| out.push(raw));
+    }
+
+    #[cfg(feature = "client")]
+    /// Names a resolution this snapshot made.
+    pub(crate) fn view(&self, raw: Raw) -> Resolution<'_> {
+        match self.flags.get(raw.flag as usize) {
+            Some(flag) => self.view_of(flag, raw),
+            // Unreachable for a `Raw` of this snapshot (its only source); answer an empty
+            // error rather than panic.
+            None => Resolution {
+                key: "",
+                kind: FlagType::Bool,
+                value: &Value::Null,
+                variant: "",
+                reason: Reason::Error,
+                error: None,
+                assignment: None,
+            },
+        }
+    }
+
+    #[inline(always)]
+    fn view_of<'s>(&'s self, flag: &'s Flag, raw: Raw) -> Resolution<'s> {
+        let mut r = flag.resolution(raw.variant, raw.reason);
+        r.error = raw.error;
+        r.assignment = raw.hit.map(|hit| self.named(hit));
+        r
+    }
+
+    #[inline(always)]
+    fn resolve_flag(&self, flag: &Flag, ctx: &Context) -> Raw {
         if !flag.enabled {
-            return flag.default_resolution(Reason::Disabled);
+            return flag.default_raw(Reason::Disabled);
         }
         let mut hit = None;
         if let Some(li) = flag.layer
@@ -373,7 +442,7 @@ impl Snapshot {
                     .is_some_and(|h| h.contains_unit(self.unit_of(h.unit, ctx)))
             });
             if held {
-                return flag.default_resolution(Reason::Default);
+                return flag.default_raw(Reason::Default);
             }
             hit = self.assign(li, layer, unit, ctx);
         }
@@ -390,6 +459,11 @@ impl Snapshot {
     /// [`Snapshot::resolve_all`] into a reused buffer (cleared first).
     pub fn resolve_all_into<'s>(&'s self, ctx: &Context, out: &mut Vec<Resolution<'s>>) {
         out.clear();
+        self.resolve_all_with(ctx, |flag, raw| out.push(self.view_of(flag, raw)));
+    }
+
+    #[inline(always)]
+    fn resolve_all_with<'s>(&'s self, ctx: &Context, mut push: impl FnMut(&'s Flag, Raw)) {
         let units = self.units(ctx);
         // Each layer that drives flags is evaluated once: (layer, held out, hit).
         let mut layers: SmallVec<[(u32, bool, Option<Hit>); INLINE]> = SmallVec::new();
@@ -422,7 +496,7 @@ impl Snapshot {
         }
         for flag in self.flags.iter() {
             if !flag.enabled {
-                out.push(flag.default_resolution(Reason::Disabled));
+                push(flag, flag.default_raw(Reason::Disabled));
                 continue;
             }
             let (is_held, hit) = match flag.layer {
@@ -433,8 +507,8 @@ impl Snapshot {
                     .map_or((false, None), |&(_, is_held, hit)| (is_held, hit)),
                 None => (false, None),
             };
-            out.push(if is_held {
-                flag.default_resolution(Reason::Default)
+            let raw = if is_held {
+                flag.default_raw(Reason::Default)
             } else {
                 self.finish(flag, hit, ctx, |u| {
                     units
@@ -442,7 +516,8 @@ impl Snapshot {
                         .copied()
                         .unwrap_or(Err(UnitError::Missing))
                 })
-            });
+            };
+            push(flag, raw);
         }
     }
 
@@ -543,21 +618,22 @@ impl Snapshot {
 
     /// Experiments first, then rules in order, then the default. The caller has handled
     /// disabled flags and holdouts; `unit` reads a unit key's value.
-    fn finish<'s, 'c>(
-        &'s self,
-        flag: &'s Flag,
+    #[inline(always)]
+    fn finish<'c>(
+        &self,
+        flag: &Flag,
         hit: Option<Hit>,
         ctx: &Context,
         unit: impl Fn(u32) -> Result<&'c str, UnitError>,
-    ) -> Resolution<'s> {
+    ) -> Raw {
         if let Some(hit) = hit
             && let Some(v) = self
                 .cells
                 .get(hit.cell as usize)
                 .and_then(|c| c.variant_of(flag.index))
         {
-            let mut r = flag.resolution(v, Reason::Split);
-            r.assignment = Some(self.named(hit));
+            let mut r = flag.raw(v, Reason::Split);
+            r.hit = Some(hit);
             return r;
         }
         for rule in flag.rules.iter() {
@@ -565,7 +641,7 @@ impl Snapshot {
                 continue;
             }
             return match &rule.action {
-                Action::Variant(v) => flag.resolution(*v, Reason::TargetingMatch),
+                Action::Variant(v) => flag.raw(*v, Reason::TargetingMatch),
                 Action::Rollout {
                     seed,
                     unit: key,
@@ -575,12 +651,12 @@ impl Snapshot {
                     Ok(unit) => {
                         let p = scale(hash(*seed, unit), *total);
                         match split.iter().find(|(end, _)| p < *end) {
-                            Some(&(_, v)) => flag.resolution(v, Reason::Split),
-                            None => flag.default_resolution(Reason::Default),
+                            Some(&(_, v)) => flag.raw(v, Reason::Split),
+                            None => flag.default_raw(Reason::Default),
                         }
                     }
                     Err(e) => {
-                        let mut r = flag.default_resolution(Reason::Error);
+                        let mut r = flag.default_raw(Reason::Error);
                         r.error = Some(match e {
                             UnitError::Missing => ErrorCode::TargetingKeyMissing,
                             UnitError::Invalid => ErrorCode::InvalidContext,
@@ -595,7 +671,7 @@ impl Snapshot {
         } else {
             Reason::Default
         };
-        flag.default_resolution(reason)
+        flag.default_raw(reason)
     }
 }
 
@@ -651,8 +727,19 @@ impl Flag {
     }
 
     #[inline(always)]
-    fn default_resolution(&self, reason: Reason) -> Resolution<'_> {
-        self.resolution(self.default, reason)
+    fn raw(&self, variant: u32, reason: Reason) -> Raw {
+        Raw {
+            flag: self.index,
+            variant,
+            reason,
+            error: None,
+            hit: None,
+        }
+    }
+
+    #[inline(always)]
+    fn default_raw(&self, reason: Reason) -> Raw {
+        self.raw(self.default, reason)
     }
 }
 

@@ -38,7 +38,7 @@ fn f(client: &Client) -> String {
     let r = client
         .resolve("f", &Context::with_targeting_key("member-1"))
         .unwrap();
-    r.value.as_str().unwrap().to_owned()
+    r.value().as_str().unwrap().to_owned()
 }
 
 /// A loopback address nothing listens on (bound, read, released).

@@ -30,7 +30,7 @@ const OVER_HTTP: usize = 10_000;
 fn client_body(allocated: &Allocated, flags: &[Resolved]) -> Value {
     let mut flag_map = Map::new();
     for r in flags {
-        flag_map.insert(r.key.clone(), flag_json(r));
+        flag_map.insert(r.key().to_owned(), flag_json(r));
     }
     json!({
         "revision": allocated.revision,
@@ -44,13 +44,14 @@ fn client_body(allocated: &Allocated, flags: &[Resolved]) -> Value {
 }
 
 fn flag_json(r: &Resolved) -> Value {
-    let mut f = json!({ "value": r.value, "variant": r.variant, "reason": r.reason.as_str() });
-    if let Some(a) = &r.assignment {
+    let mut f =
+        json!({ "value": r.value(), "variant": r.variant(), "reason": r.reason().as_str() });
+    if let Some(a) = r.assignment() {
         f["experiment"] = json!(a.experiment);
         f["cell"] = json!(a.cell);
         f["layer"] = json!(a.layer);
     }
-    if let (Reason::Error, Some(code)) = (r.reason, r.error) {
+    if let (Reason::Error, Some(code)) = (r.reason(), r.error()) {
         f["errorCode"] = json!(code.as_str());
     }
     f

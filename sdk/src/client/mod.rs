@@ -30,7 +30,7 @@ use arc_swap::ArcSwapOption;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::snapshot::{Assignment, ErrorCode, Reason, Resolution};
+use crate::snapshot::{Assignment, ErrorCode, Raw, Reason, Resolution};
 use crate::{Config, ConfigErrors, Context, FlagNotFound, FlagType, Snapshot, stamp};
 
 /// Default interval of `GET /v1/config` polling.
@@ -98,25 +98,15 @@ pub struct Allocated {
     pub stamp: String,
 }
 
-/// The value of one flag for one context, owned.
-#[derive(Debug, Clone, PartialEq)]
+/// The value of one flag for one context, owned: it holds the snapshot it was resolved on
+/// (one reference count) and indices into it, so making one copies nothing, and everything it
+/// names stays valid however long it is kept, across config swaps.
+///
+/// [`Resolved::resolution`] is the engine's [`Resolution`]; the accessors read its fields.
+#[derive(Clone)]
 pub struct Resolved {
-    /// The revision it was resolved under.
-    pub revision: u64,
-    /// Flag key.
-    pub key: String,
-    /// Flag type.
-    pub kind: FlagType,
-    /// The value served.
-    pub value: Value,
-    /// The variant served.
-    pub variant: String,
-    /// Why.
-    pub reason: Reason,
-    /// Set when `reason` is [`Reason::Error`].
-    pub error: Option<ErrorCode>,
-    /// The experiment cell that selected the variant, if one did.
-    pub assignment: Option<Assigned>,
+    snapshot: Arc<Snapshot>,
+    raw: Raw,
 }
 
 /// The embedded engine plus its sync task. Cheap to clone; the background task stops when the
@@ -238,26 +228,27 @@ impl Client {
         .ok_or(NotReady)
     }
 
-    /// Resolves flag `key` for `ctx` (see [`Snapshot::resolve`]).
+    /// Resolves flag `key` for `ctx` (see [`Snapshot::resolve`]). The answer holds the
+    /// snapshot it was made on; for many flags per request, [`Client::snapshot`] once and
+    /// [`Snapshot::resolve`] saves the reference counting.
     pub fn resolve(&self, key: &str, ctx: &Context) -> Result<Resolved, ResolveError> {
-        self.with_snapshot(|s| {
-            s.resolve(key, ctx)
-                .map(|r| Resolved::new(s.revision(), &r))
-                .map_err(ResolveError::from)
-        })
-        .ok_or(NotReady)?
+        let snapshot = self.shared.current.load_full().ok_or(NotReady)?;
+        let raw = snapshot.resolve_raw(key, ctx)?;
+        Ok(Resolved { snapshot, raw })
     }
 
     /// Resolves every flag for `ctx`, in config order (see [`Snapshot::resolve_all`]).
     pub fn resolve_all(&self, ctx: &Context) -> Result<Vec<Resolved>, NotReady> {
-        self.with_snapshot(|s| {
-            let rev = s.revision();
-            s.resolve_all(ctx)
-                .iter()
-                .map(|r| Resolved::new(rev, r))
-                .collect()
-        })
-        .ok_or(NotReady)
+        let snapshot = self.shared.current.load_full().ok_or(NotReady)?;
+        let mut raws = Vec::with_capacity(snapshot.flags.len());
+        snapshot.resolve_all_raw(ctx, &mut raws);
+        Ok(raws
+            .into_iter()
+            .map(|raw| Resolved {
+                snapshot: Arc::clone(&snapshot),
+                raw,
+            })
+            .collect())
     }
 }
 
@@ -452,16 +443,110 @@ impl From<&Assignment<'_>> for Assigned {
 // === impl Resolved ===
 
 impl Resolved {
-    fn new(revision: u64, r: &Resolution<'_>) -> Self {
-        Self {
-            revision,
-            key: r.key.to_owned(),
-            kind: r.kind,
-            value: r.value.clone(),
-            variant: r.variant.to_owned(),
-            reason: r.reason,
-            error: r.error,
-            assignment: r.assignment.as_ref().map(Assigned::from),
-        }
+    /// The engine's answer, borrowed from the snapshot this holds.
+    pub fn resolution(&self) -> Resolution<'_> {
+        self.snapshot.view(self.raw)
+    }
+
+    /// The revision it was resolved under.
+    pub fn revision(&self) -> u64 {
+        self.snapshot.revision()
+    }
+
+    /// The snapshot it was resolved on.
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.snapshot
+    }
+
+    /// Flag key.
+    pub fn key(&self) -> &str {
+        self.resolution().key
+    }
+
+    /// Flag type.
+    pub fn kind(&self) -> FlagType {
+        self.resolution().kind
+    }
+
+    /// The value served.
+    pub fn value(&self) -> &Value {
+        self.resolution().value
+    }
+
+    /// The variant served.
+    pub fn variant(&self) -> &str {
+        self.resolution().variant
+    }
+
+    /// Why.
+    pub fn reason(&self) -> Reason {
+        self.raw.reason()
+    }
+
+    /// Set when [`Resolved::reason`] is [`Reason::Error`].
+    pub fn error(&self) -> Option<ErrorCode> {
+        self.raw.error()
+    }
+
+    /// The experiment cell that selected the variant, if one did.
+    pub fn assignment(&self) -> Option<Assignment<'_>> {
+        self.resolution().assignment
+    }
+}
+
+impl std::fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolved")
+            .field("revision", &self.revision())
+            .field("resolution", &self.resolution())
+            .finish()
+    }
+}
+
+/// Equal when they name the same revision and the same answer.
+impl PartialEq for Resolved {
+    fn eq(&self, other: &Self) -> bool {
+        self.revision() == other.revision() && self.resolution() == other.resolution()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V1: &str = r#"{"flags": [{"key": "theme", "type": "string",
+        "variants": {"dark": "dark", "light": "light"}, "default": "light",
+        "rules": [{"when": {"country": "SE"}, "variant": "dark"}]}]}"#;
+
+    #[tokio::test]
+    async fn resolved_outlives_the_snapshot_it_was_made_on() {
+        let client = Client::builder("http://127.0.0.1:9")
+            .bootstrap_str(V1)
+            .connect()
+            .unwrap();
+        let ctx = Context::with_targeting_key("member-7").with("country", "SE");
+        let before = client.resolve("theme", &ctx).unwrap();
+        let rev = before.revision();
+        assert_eq!(
+            (before.variant(), before.reason()),
+            ("dark", Reason::TargetingMatch)
+        );
+
+        // After the swap nothing but `before` holds the old snapshot.
+        let v2 = V1.replace(r#""variant": "dark""#, r#""variant": "light""#);
+        let hash = format!("{:016x}", Config::from_json(&v2).unwrap().content_hash());
+        assert!(client.shared.apply(rev + 1, &hash, &v2));
+        let after = client.resolve("theme", &ctx).unwrap();
+        assert_eq!((after.revision(), after.variant()), (rev + 1, "light"));
+        assert_ne!(after, before);
+        assert_eq!(Arc::strong_count(before.snapshot()), 1);
+
+        let kept = before.clone();
+        drop(before);
+        assert_eq!(kept.revision(), rev);
+        assert_eq!((kept.key(), kept.variant()), ("theme", "dark"));
+        assert_eq!(kept.value(), &Value::from("dark"));
+        assert_eq!(kept.reason(), Reason::TargetingMatch);
+        assert_eq!(kept.resolution().assignment, None);
     }
 }
