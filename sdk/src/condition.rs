@@ -100,8 +100,8 @@ impl Op {
             }
             Op::Semver(cmp, x) => v
                 .as_str()
-                .and_then(parse_version)
-                .is_some_and(|ver| cmp.holds(ver.cmp_precedence(x))),
+                .and_then(|s| version_precedence(s, x))
+                .is_some_and(|o| cmp.holds(o)),
             Op::StartsWith(x) => v.as_str().is_some_and(|s| s.starts_with(&**x)),
             Op::EndsWith(x) => v.as_str().is_some_and(|s| s.ends_with(&**x)),
             Op::Contains(x) => match (v, x) {
@@ -128,14 +128,62 @@ impl Cmp {
 }
 
 /// JSON equality where numbers compare by value (`1 == 1.0`).
+#[inline]
 fn json_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
+        // The common case first, lengths before bytes.
+        (Value::String(x), Value::String(y)) => x.len() == y.len() && x == y,
         (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
             (Some(x), Some(y)) => x == y,
             _ => x.as_f64() == y.as_f64(),
         },
         _ => a == b,
     }
+}
+
+/// How version `s` (parsed as [`parse_version`] does) compares with `x` by precedence, if `s`
+/// is a version. Plain `MAJOR[.MINOR[.PATCH]]` versions, what apps report, are read without
+/// building a `semver::Version`; anything else goes through `parse_version`.
+#[inline]
+fn version_precedence(s: &str, x: &semver::Version) -> Option<Ordering> {
+    if let Some(core) = plain_version(s)
+        && x.pre.is_empty()
+    {
+        return Some(core.cmp(&(x.major, x.minor, x.patch)));
+    }
+    parse_version(s).map(|v| v.cmp_precedence(x))
+}
+
+/// `MAJOR[.MINOR[.PATCH]]` with missing parts zero, if `s` is exactly that: 1 to 3 dot-separated
+/// decimal numbers, each fitting a u64, without leading zeros, and nothing else (no `v`, no
+/// pre-release or build suffix). Every string it accepts, `parse_version` reads the same way.
+fn plain_version(s: &str) -> Option<(u64, u64, u64)> {
+    let mut parts = [0u64; 3];
+    let mut count = 0usize;
+    let mut n = 0u64;
+    let mut digits = 0usize;
+    let mut leading_zero = false;
+    for &b in s.as_bytes().iter().chain(std::iter::once(&b'.')) {
+        if b == b'.' {
+            // End of a part: 1+ digits, no leading zero unless it is just "0".
+            if digits == 0 || (leading_zero && digits > 1) {
+                return None;
+            }
+            *parts.get_mut(count)? = n;
+            count += 1;
+            (n, digits) = (0, 0);
+        } else if b.is_ascii_digit() {
+            if digits == 0 {
+                leading_zero = b == b'0';
+            }
+            n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+            digits += 1;
+        } else {
+            return None;
+        }
+    }
+    let [major, minor, patch] = parts;
+    Some((major, minor, patch))
 }
 
 /// Parses a version leniently: a leading `v` is dropped and missing minor/patch parts are
@@ -552,5 +600,60 @@ mod tests {
         assert!(parse_version("5..2").is_none());
         assert!(parse_version("five").is_none());
         assert!(parse_version("").is_none());
+    }
+
+    #[test]
+    fn plain_version_fast_path_equals_parse_version() {
+        // Every shape near the fast path's edges, against operands with and without pre-release.
+        let parts = [
+            "",
+            "0",
+            "1",
+            "5",
+            "10",
+            "01",
+            "00",
+            "007",
+            "18446744073709551615",
+            "18446744073709551616",
+            "x",
+            "1a",
+            " 1",
+            "-1",
+            "+1",
+        ];
+        let suffixes = ["", "-beta", "-beta.1", "+build", "-rc.1+b", ".", "..", " "];
+        let mut inputs = Vec::new();
+        for a in parts {
+            inputs.push(a.to_owned());
+            for b in parts {
+                inputs.push(format!("{a}.{b}"));
+                for c in ["0", "3", "01", ""] {
+                    for suffix in suffixes {
+                        inputs.push(format!("{a}.{b}.{c}{suffix}"));
+                        inputs.push(format!("v{a}.{b}.{c}{suffix}"));
+                    }
+                    inputs.push(format!("{a}.{b}.{c}.4"));
+                }
+            }
+        }
+        let operands = [
+            "0.0.0",
+            "5.3.0",
+            "5.3.0-beta.2",
+            "10.0.1",
+            "18446744073709551615.0.0",
+        ];
+        for x in operands.map(|x| semver::Version::parse(x).unwrap()) {
+            for s in &inputs {
+                assert_eq!(
+                    version_precedence(s, &x),
+                    parse_version(s).map(|v| v.cmp_precedence(&x)),
+                    "{s:?} vs {x}"
+                );
+            }
+        }
+        assert_eq!(plain_version("5.3"), Some((5, 3, 0)));
+        assert_eq!(plain_version("5.3.1.2"), None);
     }
 }
