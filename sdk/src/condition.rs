@@ -65,16 +65,26 @@ pub(crate) enum Op {
 
 impl Condition {
     /// Whether the context satisfies the condition.
+    /// Inlined for the common shapes (none, one attribute); combinators recurse out of line.
+    #[inline(always)]
     pub(crate) fn eval(&self, ctx: &Context) -> bool {
         match self {
             Condition::True => true,
-            Condition::All(cs) => cs.iter().all(|c| c.eval(ctx)),
-            Condition::Any(cs) => cs.iter().any(|c| c.eval(ctx)),
-            Condition::Not(c) => !c.eval(ctx),
             Condition::Attr(name, op) => match ctx.get(name) {
                 None => matches!(op, Op::Exists(false)),
                 Some(v) => op.eval(v),
             },
+            _ => self.eval_combinator(ctx),
+        }
+    }
+
+    #[inline(never)]
+    fn eval_combinator(&self, ctx: &Context) -> bool {
+        match self {
+            Condition::All(cs) => cs.iter().all(|c| c.eval(ctx)),
+            Condition::Any(cs) => cs.iter().any(|c| c.eval(ctx)),
+            Condition::Not(c) => !c.eval(ctx),
+            Condition::True | Condition::Attr(..) => self.eval(ctx),
         }
     }
 }
