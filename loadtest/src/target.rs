@@ -22,6 +22,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::client::conn::{http1, http2};
 use hyper::header::{CONTENT_TYPE, HOST, HeaderMap, HeaderValue, TE};
+use hyper::http::uri::Authority;
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Deserialize;
@@ -179,20 +180,26 @@ impl fmt::Display for ErrorKind {
     }
 }
 
+/// The authority of an `http://` URL and the `host:port` to connect to.
+fn endpoint(url: &Uri) -> anyhow::Result<(&Authority, String)> {
+    if url.scheme_str() != Some("http") {
+        bail!("{url}: only http:// URLs are supported");
+    }
+    let authority = url.authority().with_context(|| format!("{url}: no host"))?;
+    let addr = format!(
+        "{}:{}",
+        authority.host(),
+        authority.port_u16().unwrap_or(80)
+    );
+    Ok((authority, addr))
+}
+
 // === impl HttpTarget ===
 
 impl HttpTarget {
     /// The endpoint of `protocol` at `url`; a path in `url` replaces the protocol's own.
     fn new(url: &Uri, protocol: Protocol, flag: &str) -> anyhow::Result<Self> {
-        if url.scheme_str() != Some("http") {
-            bail!("{url}: only http:// URLs are supported");
-        }
-        let authority = url.authority().with_context(|| format!("{url}: no host"))?;
-        let addr = format!(
-            "{}:{}",
-            authority.host(),
-            authority.port_u16().unwrap_or(80)
-        );
+        let (authority, addr) = endpoint(url)?;
         let host = HeaderValue::from_str(authority.as_str())?;
         let path = match url.path_and_query().map(|p| p.as_str()) {
             None | Some("" | "/") => match protocol {
@@ -453,15 +460,7 @@ impl GrpcConn {
     /// with `TCP_NODELAY`, for a gRPC `protocol`; `flag` is the flag `ResolveBoolean`
     /// evaluates.
     pub async fn connect(url: &Uri, protocol: Protocol, flag: &str) -> anyhow::Result<Self> {
-        if url.scheme_str() != Some("http") {
-            bail!("{url}: only http:// URLs are supported");
-        }
-        let authority = url.authority().with_context(|| format!("{url}: no host"))?;
-        let addr = format!(
-            "{}:{}",
-            authority.host(),
-            authority.port_u16().unwrap_or(80)
-        );
+        let (authority, addr) = endpoint(url)?;
         let uri = Uri::builder()
             .scheme("http")
             .authority(authority.clone())
