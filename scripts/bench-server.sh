@@ -10,14 +10,18 @@
 #   2. the same server with the assignment log on (a file in $OUT): native HTTP;
 #   3. allot-server on a generated 10,000-experiment config: idle RSS only;
 #   4. allot-server on a generated 100-flag config: OFREP bulk at $BULK_RATE;
-#   5. allot-hello (a hello-world axum server, the floor): native HTTP;
+#   5. allot-hello (a hello-world axum server, the floor): native HTTP; and its gRPC floor (a
+#      tonic `Allocate` answering `{revision: 1}`), which shows what tonic and HTTP/2 alone cost;
 # and prints one table (latency, achieved rate, errors, shed, server CPU per request) followed
 # by each target of issue 7 with its measured value. Every run is bounded by WARMUP + DURATION;
 # servers are stopped on exit. `uptime` is printed before and after.
 #
 # Settings (environment): RATE (10000), BULK_RATE (5000), DURATION (10s), WARMUP (2s),
 # CONNECTIONS (4), SWAP_EVERY (100ms), SERVER_CPU (0), LOAD_CPU (1), PORT_BASE (28000),
-# OUT (a temp dir for the JSON reports, logs and generated configs).
+# OUT (a temp dir for the JSON reports, logs and generated configs), CARGO_TARGET_DIR (target),
+# RUNS (every run; or a space-separated subset of the table's run names, e.g.
+# RUNS="floor grpc flagd flagd-all" for the gRPC rows and their floor: only those are measured,
+# and only the targets they decide are printed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,7 +41,9 @@ token="bench-$$-$RANDOM"
 
 echo "== $(date -u +%FT%TZ) $(nproc) CPUs; $(uptime)" >&2
 cargo build --release --locked -p allot-server -p allot-loadtest --bins
-bin=target/release
+bin="${CARGO_TARGET_DIR:-target}/release"
+RUNS="${RUNS:-floor floor-h2 floor-grpc http http2 ofrep ofrep-bulk bulk100 grpc flagd flagd-all swap log}"
+want() { [[ " $RUNS " == *" $1 "* ]]; }
 
 pin() { # pin CPU command...
   local cpu=$1; shift
@@ -86,8 +92,9 @@ stop_server() { kill "$server"; wait "$server" 2>/dev/null || true; }
 
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
-load() { # load NAME PROTOCOL PORT PID [allot-loadtest flags...]
+load() { # load NAME PROTOCOL PORT PID [allot-loadtest flags...]; skipped unless in $RUNS
   local name=$1 protocol=$2 port=$3 pid=$4; shift 4
+  want "$name" || return 0
   pin "$LOAD_CPU" "$bin/allot-loadtest" --protocol "$protocol" --url "http://127.0.0.1:$port" \
     --rate "$RATE" --duration "$DURATION" --warmup "$WARMUP" --connections "$CONNECTIONS" \
     --server-pid "$pid" --json "$@" > "$OUT/$name.json"
@@ -106,47 +113,54 @@ load ofrep-bulk ofrep-bulk "$http_port" "$server"
 load grpc grpc "$grpc_port" "$server"
 load flagd flagd "$grpc_port" "$server" --flag prefetch
 load flagd-all flagd-all "$grpc_port" "$server"
-load swap http "$http_port" "$server" --swap-every "$SWAP_EVERY" \
+want swap && load swap http "$http_port" "$server" --swap-every "$SWAP_EVERY" \
   --swap-url "http://127.0.0.1:$mgmt_port/admin/config" --swap-token "$token" \
   --swap-config "$OUT/demo-b.yaml" --swap-config server/src/demo.yaml
 stop_server
 
-echo "== allot-server, demo config, assignment log on" >&2
-rm -f "$OUT/assignments.jsonl"
-start_server log --assignment-log "$OUT/assignments.jsonl"
-load log http "$http_port" "$server"
-stop_server
-echo "assignment log: $(wc -l < "$OUT/assignments.jsonl") lines" >&2
+if want log; then
+  echo "== allot-server, demo config, assignment log on" >&2
+  rm -f "$OUT/assignments.jsonl"
+  start_server log --assignment-log "$OUT/assignments.jsonl"
+  load log http "$http_port" "$server"
+  stop_server
+  echo "assignment log: $(wc -l < "$OUT/assignments.jsonl") lines" >&2
 
-echo "== allot-server, 10,000 experiments: idle RSS" >&2
-python3 scripts/gen-config.py experiments 10000 > "$OUT/experiments-10k.json"
-start_server rss10k --config "$OUT/experiments-10k.json"
-echo "10k $(rss_kb "$server")" >> "$OUT/rss.txt"
-stop_server
+  echo "== allot-server, 10,000 experiments: idle RSS" >&2
+  python3 scripts/gen-config.py experiments 10000 > "$OUT/experiments-10k.json"
+  start_server rss10k --config "$OUT/experiments-10k.json"
+  echo "10k $(rss_kb "$server")" >> "$OUT/rss.txt"
+  stop_server
+fi
 
-echo "== allot-server, 100 flags: OFREP bulk at $BULK_RATE req/s" >&2
-python3 scripts/gen-config.py flags > "$OUT/flags-100.json"
-start_server flags100 --config "$OUT/flags-100.json"
-RATE="$BULK_RATE" load bulk100 ofrep-bulk "$http_port" "$server"
-stop_server
+if want bulk100; then
+  echo "== allot-server, 100 flags: OFREP bulk at $BULK_RATE req/s" >&2
+  python3 scripts/gen-config.py flags > "$OUT/flags-100.json"
+  start_server flags100 --config "$OUT/flags-100.json"
+  RATE="$BULK_RATE" load bulk100 ofrep-bulk "$http_port" "$server"
+  stop_server
+fi
 
 echo "== allot-hello floor (CPU $SERVER_CPU)" >&2
-bg "$OUT/hello.log" "$SERVER_CPU" "$bin/allot-hello" --addr "127.0.0.1:$http_port"
+bg "$OUT/hello.log" "$SERVER_CPU" "$bin/allot-hello" --addr "127.0.0.1:$http_port" \
+  --grpc-addr "127.0.0.1:$grpc_port"
 hello=$!
 pids+=("$hello")
 wait_http "http://127.0.0.1:$http_port/v1/allocate"
 load floor http "$http_port" "$hello"
 load floor-h2 http "$http_port" "$hello" --http2
+load floor-grpc grpc "$grpc_port" "$hello"
 kill "$hello"; wait "$hello" 2>/dev/null || true
 echo "== done $(date -u +%FT%TZ); $(uptime)" >&2
 
 python3 - "$OUT" <<'PY'
-import json, sys
+import json, os, sys
 out = sys.argv[1]
 rss = dict(line.split() for line in open(f"{out}/rss.txt"))
 runs = [
     ("floor", "hello-world floor, HTTP/1.1"),
     ("floor-h2", "hello-world floor, HTTP/2"),
+    ("floor-grpc", "hello-world floor, gRPC `Allocate` (tonic)"),
     ("http", "native HTTP `/v1/allocate`"),
     ("http2", "native HTTP `/v1/allocate`, HTTP/2"),
     ("ofrep", "OFREP single flag (`prefetch`)"),
@@ -158,6 +172,7 @@ runs = [
     ("swap", "native HTTP, config swap every 100 ms"),
     ("log", "native HTTP, assignment log on"),
 ]
+runs = [(n, label) for n, label in runs if os.path.exists(f"{out}/{n}.json")]
 r = {n: json.load(open(f"{out}/{n}.json")) for n, _ in runs}
 ms = lambda us: f"{us / 1000:.3f}"
 print("| run | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | shed | server CPU µs/req |")
@@ -170,24 +185,29 @@ for name, label in runs:
           f"{ms(l['p99_9'])} | {ms(l['max'])} | {x['errors']} | {x['shed']} | {cpu} |")
 cpu = lambda n: r[n]["server_cpu_us_per_request"]
 lat = lambda n, q: r[n]["latency_us"][q]
-sw = r["swap"]["swaps"]
-rows = [
-    ("HTTP CPU/request ≤ 1.5× floor", f"{cpu('http') / cpu('floor'):.2f}× ({cpu('http'):.1f} vs {cpu('floor'):.1f} µs)", cpu("http") <= 1.5 * cpu("floor")),
-    ("HTTP p99 < 1 ms at the rate", f"{ms(lat('http', 'p99'))} ms", lat("http", "p99") < 1000),
-    ("HTTP p99.9 ≤ 1.5× floor's p99.9", f"{lat('http', 'p99_9') / lat('floor', 'p99_9'):.2f}× ({ms(lat('http', 'p99_9'))} vs {ms(lat('floor', 'p99_9'))} ms)", lat("http", "p99_9") <= 1.5 * lat("floor", "p99_9")),
-    ("gRPC p99 < 1 ms", f"{ms(lat('grpc', 'p99'))} ms", lat("grpc", "p99") < 1000),
-    ("gRPC CPU/request ≤ 2× floor", f"{cpu('grpc') / cpu('floor'):.2f}× ({cpu('grpc'):.1f} µs)", cpu("grpc") <= 2 * cpu("floor")),
-    ("OFREP bulk, 100 flags ≤ 40 µs CPU/request", f"{cpu('bulk100'):.1f} µs", cpu("bulk100") <= 40),
-    ("swaps every 100 ms: zero errors", f"{r['swap']['errors']} errors, {sw['ok']} swaps ok, {sw['failed']} failed", r["swap"]["errors"] == 0 and sw["failed"] == 0 and sw["ok"] > 0),
-    ("swaps: p99 within 1.2× of the same run without", f"{lat('swap', 'p99') / lat('http', 'p99'):.2f}× ({ms(lat('swap', 'p99'))} vs {ms(lat('http', 'p99'))} ms)", lat("swap", "p99") <= 1.2 * lat("http", "p99")),
-    ("assignment log on: p99 within 1.1× of off", f"{lat('log', 'p99') / lat('http', 'p99'):.2f}× ({ms(lat('log', 'p99'))} vs {ms(lat('http', 'p99'))} ms)", lat("log", "p99") <= 1.1 * lat("http", "p99")),
-    ("idle RSS, demo config < 30 MB", f"{int(rss['demo']) / 1024:.1f} MiB", int(rss["demo"]) * 1024 < 30e6),
-    ("idle RSS, 10,000 experiments < 200 MB", f"{int(rss['10k']) / 1024:.1f} MiB", int(rss["10k"]) * 1024 < 200e6),
-]
+rows = []
+def target(needs, name, measured, met):
+    """One target row, if every run it needs was measured (`measured`, `met` are lambdas)."""
+    if all(n in r for n in needs):
+        rows.append((name, measured(), met()))
+sw = lambda: r["swap"]["swaps"]
+target(["http", "floor"], "HTTP CPU/request ≤ 1.5× floor", lambda: f"{cpu('http') / cpu('floor'):.2f}× ({cpu('http'):.1f} vs {cpu('floor'):.1f} µs)", lambda: cpu("http") <= 1.5 * cpu("floor"))
+target(["http"], "HTTP p99 < 1 ms at the rate", lambda: f"{ms(lat('http', 'p99'))} ms", lambda: lat("http", "p99") < 1000)
+target(["http", "floor"], "HTTP p99.9 ≤ 1.5× floor's p99.9", lambda: f"{lat('http', 'p99_9') / lat('floor', 'p99_9'):.2f}× ({ms(lat('http', 'p99_9'))} vs {ms(lat('floor', 'p99_9'))} ms)", lambda: lat("http", "p99_9") <= 1.5 * lat("floor", "p99_9"))
+target(["grpc"], "gRPC p99 < 1 ms", lambda: f"{ms(lat('grpc', 'p99'))} ms ({r['grpc']['errors']} errors)", lambda: lat("grpc", "p99") < 1000 and r["grpc"]["errors"] == 0)
+target(["grpc", "floor"], "gRPC CPU/request ≤ 2× floor", lambda: f"{cpu('grpc') / cpu('floor'):.2f}× ({cpu('grpc'):.1f} vs {cpu('floor'):.1f} µs)", lambda: cpu("grpc") <= 2 * cpu("floor"))
+target(["grpc", "floor-grpc"], "(diagnostic) gRPC CPU/request vs the gRPC floor", lambda: f"{cpu('grpc') / cpu('floor-grpc'):.2f}× ({cpu('grpc'):.1f} vs {cpu('floor-grpc'):.1f} µs)", lambda: True)
+target(["bulk100"], "OFREP bulk, 100 flags ≤ 40 µs CPU/request", lambda: f"{cpu('bulk100'):.1f} µs", lambda: cpu("bulk100") <= 40)
+target(["swap"], "swaps every 100 ms: zero errors", lambda: f"{r['swap']['errors']} errors, {sw()['ok']} swaps ok, {sw()['failed']} failed", lambda: r["swap"]["errors"] == 0 and sw()["failed"] == 0 and sw()["ok"] > 0)
+target(["swap", "http"], "swaps: p99 within 1.2× of the same run without", lambda: f"{lat('swap', 'p99') / lat('http', 'p99'):.2f}× ({ms(lat('swap', 'p99'))} vs {ms(lat('http', 'p99'))} ms)", lambda: lat("swap", "p99") <= 1.2 * lat("http", "p99"))
+target(["log", "http"], "assignment log on: p99 within 1.1× of off", lambda: f"{lat('log', 'p99') / lat('http', 'p99'):.2f}× ({ms(lat('log', 'p99'))} vs {ms(lat('http', 'p99'))} ms)", lambda: lat("log", "p99") <= 1.1 * lat("http", "p99"))
+target([], "idle RSS, demo config < 30 MB", lambda: f"{int(rss['demo']) / 1024:.1f} MiB", lambda: int(rss["demo"]) * 1024 < 30e6)
+if "10k" in rss:
+    target([], "idle RSS, 10,000 experiments < 200 MB", lambda: f"{int(rss['10k']) / 1024:.1f} MiB", lambda: int(rss["10k"]) * 1024 < 200e6)
 print()
 print("| target (issue 7) | measured | met? |")
 print("|---|---|---|")
-for target, measured, met in rows:
-    print(f"| {target} | {measured} | {'yes' if met else '**no**'} |")
+for name, measured, met in rows:
+    print(f"| {name} | {measured} | {'yes' if met else '**no**'} |")
 print(f"\nJSON reports in {out}")
 PY

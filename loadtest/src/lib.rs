@@ -19,14 +19,15 @@
 //! `allot-loadtest` binary is a thin CLI over it.
 //!
 //! Modules: [`population`] draws units and their contexts from a seed, [`target`] holds the
-//! HTTP and gRPC clients, [`report`] the histograms and the report, [`cpu`] reads `/proc`,
-//! [`swap`] pushes configs to the admin port.
+//! HTTP and gRPC clients, [`wire`] the gRPC messages they send and read, [`report`] the
+//! histograms and the report, [`cpu`] reads `/proc`, [`swap`] pushes configs to the admin port.
 
 pub mod cpu;
 pub mod population;
 pub mod report;
 pub mod swap;
 pub mod target;
+pub mod wire;
 
 mod engine;
 

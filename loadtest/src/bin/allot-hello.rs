@@ -4,9 +4,17 @@
 //! fixed `{"revision":1}`, built and served the way allot-server serves its evaluation port
 //! (axum 0.8, TCP_NODELAY, multi-threaded tokio). Measured in the same run as allot-server, it
 //! shows what HTTP and the runtime cost on this machine, so allot's own cost is the difference.
+//!
+//! With `--grpc-addr` it also serves the gRPC floor: `allot.v1.Allocator/Allocate` on tonic
+//! (as allot-server serves gRPC, TCP_NODELAY), ignoring the request beyond decoding it and
+//! answering `{revision: 1}`. It shows what tonic and HTTP/2 cost, and that the load
+//! generator can drive a gRPC server at the rate (the floor's own latency is the generator's
+//! plus the kernel's).
 
 use std::net::SocketAddr;
 
+use allot_proto::allot::v1 as pb;
+use allot_proto::allot::v1::allocator_server::{Allocator, AllocatorServer};
 use anyhow::Context as _;
 use axum::Router;
 use axum::http::header;
@@ -21,6 +29,42 @@ struct Args {
     /// Listen address.
     #[arg(long, default_value = "127.0.0.1:8016")]
     addr: SocketAddr,
+
+    /// Also serve the gRPC floor (`allot.v1.Allocator/Allocate`) on this address.
+    #[arg(long)]
+    grpc_addr: Option<SocketAddr>,
+}
+
+/// `Allocate` answers `{revision: 1}`; the other methods are not served.
+struct HelloAllocator;
+
+#[tonic::async_trait]
+impl Allocator for HelloAllocator {
+    async fn allocate(
+        &self,
+        _: tonic::Request<pb::AllocateRequest>,
+    ) -> Result<tonic::Response<pb::AllocateResponse>, tonic::Status> {
+        Ok(tonic::Response::new(pb::AllocateResponse {
+            revision: 1,
+            ..pb::AllocateResponse::default()
+        }))
+    }
+
+    async fn resolve_flags(
+        &self,
+        _: tonic::Request<pb::ResolveFlagsRequest>,
+    ) -> Result<tonic::Response<pb::ResolveFlagsResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("hello-world floor"))
+    }
+
+    type WatchConfigStream = tonic::codegen::BoxStream<pb::ConfigUpdate>;
+
+    async fn watch_config(
+        &self,
+        _: tonic::Request<pb::WatchConfigRequest>,
+    ) -> Result<tonic::Response<Self::WatchConfigStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("hello-world floor"))
+    }
 }
 
 #[tokio::main]
@@ -35,6 +79,19 @@ async fn main() -> anyhow::Result<()> {
             )
         }),
     );
+    if let Some(addr) = args.grpc_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        eprintln!("allot-hello gRPC listening on {addr}");
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(AllocatorServer::new(HelloAllocator))
+                .serve_with_incoming(incoming),
+        );
+    }
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("binding {}", args.addr))?;
