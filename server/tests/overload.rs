@@ -584,26 +584,18 @@ async fn a_saturated_runtime_sheds_new_requests_and_recovers_when_the_load_stops
     let hogs = Hogs::start(4);
     // The lag (at least one 5 ms spin per turn) stays above 2 ms: new requests are shed, on
     // every API, before anything else is done with them.
-    until("a native request is shed", || async {
-        let r = http.post("/v1/allocate", &[], BODY).await;
-        if r.status == 503 {
-            assert_shed(&r, "/v1/allocate", "saturated");
-            return true;
-        }
-        assert_eq!(r.status, 200, "{}", r.text());
-        false
-    })
-    .await;
-    until("an OFREP request is shed", || async {
-        let r = http.post("/ofrep/v1/evaluate/flags", &[], BODY).await;
-        if r.status == 503 {
-            assert_shed(&r, "/ofrep/v1/evaluate/flags", "saturated");
-            return true;
-        }
-        assert_eq!(r.status, 200, "{}", r.text());
-        false
-    })
-    .await;
+    for path in ["/v1/allocate", "/ofrep/v1/evaluate/flags"] {
+        until(&format!("a request to {path} is shed"), || async {
+            let r = http.post(path, &[], BODY).await;
+            if r.status == 503 {
+                assert_shed(&r, path, "saturated");
+                return true;
+            }
+            assert_eq!(r.status, 200, "{}", r.text());
+            false
+        })
+        .await;
+    }
     until("a gRPC call is shed", || {
         let mut native = native.clone();
         async move {
