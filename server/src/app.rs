@@ -1,7 +1,8 @@
 //! Assembles a running server from [`Settings`]: loads the first config, binds the three ports
-//! (TLS on all of them with `--tls-cert`/`--tls-key`, see [`crate::listen`]), puts the
-//! evaluation APIs behind one [`Guard`] (client tokens, concurrency limit, request timeout),
-//! starts the watchers, and shuts everything down in order.
+//! (TLS on all of them with `--tls-cert`/`--tls-key`, and `--max-connections` on the evaluation
+//! ports, see [`crate::listen`]), puts the evaluation APIs behind one [`Guard`] (client tokens,
+//! saturation shedding with its probe, concurrency limit, request timeout), starts the
+//! watchers, and shuts everything down in order.
 //!
 //! Startup order of config sources: the state persisted in `--state-dir` (same revision as
 //! before the restart), then the `--config` file on top of it (an identical document is not a
@@ -22,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access::ClientTokens;
 use crate::admin::{self, AdminState};
-use crate::guard::{Guard, GuardOptions};
+use crate::guard::{self, Guard, GuardOptions};
 use crate::listen::{self, HttpLimits, Listener};
 use crate::metrics::Metrics;
 use crate::service::{Limits, Service};
@@ -117,8 +118,14 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
             anyhow::Ok(Listener::new(tcp, tls, handshake_timeout))
         }
     };
-    let http_listener = bind(settings.http_addr, "HTTP", listen::ALPN_HTTP).await?;
-    let grpc_listener = bind(settings.grpc_addr, "gRPC", listen::ALPN_GRPC).await?;
+    let mut http_listener = bind(settings.http_addr, "HTTP", listen::ALPN_HTTP).await?;
+    let mut grpc_listener = bind(settings.grpc_addr, "gRPC", listen::ALPN_GRPC).await?;
+    if let Some(max) = settings.max_connections() {
+        let refusal = guard::refusal::<guard::Http>(Some(&metrics));
+        http_listener = http_listener.with_max_connections(max, refusal);
+        let refusal = guard::refusal::<guard::Grpc>(Some(&metrics));
+        grpc_listener = grpc_listener.with_max_connections(max, refusal);
+    }
     let mgmt_listener = bind(settings.mgmt_addr, "management", listen::ALPN_HTTP).await?;
     let http_addr = http_listener.local_addr()?;
     let grpc_addr = grpc_listener.local_addr()?;
@@ -127,6 +134,17 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
     let cancel = CancellationToken::new();
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();
+
+    if let Some(options) = settings.saturation() {
+        let (g, c) = (guard.clone(), cancel.clone());
+        tasks.push((
+            "saturation probe",
+            tokio::spawn(async move {
+                guard::watch_saturation(g, options, c).await;
+                Ok(())
+            }),
+        ));
+    }
 
     let app = http::guarded(service.clone(), &guard);
     let c = cancel.clone();

@@ -7,6 +7,7 @@ use allot::ConfigErrors;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use tonic::metadata::MetadataValue;
 
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +63,14 @@ pub enum ApiError {
     /// The process is at `--max-concurrency`; the request was shed instead of queued.
     #[error("the server is at its concurrency limit; retry shortly")]
     Overloaded,
+    /// The process is saturated (its scheduling lag stayed above `--shed-lag`); the request
+    /// was shed before its body was read.
+    #[error("the server is saturated and shedding load; retry shortly")]
+    Saturated,
+    /// The connection is past `--max-connections` of its port; the server answers its
+    /// requests with this and closes it.
+    #[error("the server is at its connection limit; retry shortly on a new connection")]
+    TooManyConnections,
     /// The request did not complete within `--request-timeout` (or its `grpc-timeout`).
     #[error("the request did not complete within {ms} ms")]
     Timeout {
@@ -122,7 +131,9 @@ impl ApiError {
             ApiError::Config(_) => "INVALID_CONFIG",
             ApiError::RevisionMismatch { .. } => "REVISION_MISMATCH",
             ApiError::Unauthorized | ApiError::ClientToken => "UNAUTHORIZED",
-            ApiError::Overloaded => "OVERLOADED",
+            ApiError::Overloaded | ApiError::Saturated | ApiError::TooManyConnections => {
+                "OVERLOADED"
+            }
             ApiError::Timeout { .. } => "TIMEOUT",
             ApiError::Forbidden => "FORBIDDEN",
             ApiError::AdminDisabled => "ADMIN_DISABLED",
@@ -137,9 +148,11 @@ impl ApiError {
     /// The HTTP status of this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::NotReady | ApiError::Overloaded | ApiError::Timeout { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::NotReady
+            | ApiError::Overloaded
+            | ApiError::Saturated
+            | ApiError::TooManyConnections
+            | ApiError::Timeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Parse(_)
             | ApiError::InvalidContext(_)
             | ApiError::UnitMissing(_)
@@ -163,9 +176,18 @@ impl ApiError {
         if self.status() == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if matches!(self, ApiError::Overloaded) {
+        if self.is_shed() {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+    }
+
+    /// Whether the request was shed to protect the server (answered 503 + `Retry-After: 1`,
+    /// gRPC `RESOURCE_EXHAUSTED`).
+    pub fn is_shed(&self) -> bool {
+        matches!(
+            self,
+            ApiError::Overloaded | ApiError::Saturated | ApiError::TooManyConnections
+        )
     }
 
     /// The config errors, for bodies that list them.
@@ -203,7 +225,9 @@ impl From<ApiError> for tonic::Status {
             ApiError::FlagNotFound(_) => Code::NotFound,
             ApiError::RevisionMismatch { .. } => Code::FailedPrecondition,
             ApiError::Unauthorized | ApiError::ClientToken => Code::Unauthenticated,
-            ApiError::Overloaded => Code::ResourceExhausted,
+            ApiError::Overloaded | ApiError::Saturated | ApiError::TooManyConnections => {
+                Code::ResourceExhausted
+            }
             ApiError::Timeout { .. } => Code::DeadlineExceeded,
             ApiError::Forbidden | ApiError::AdminDisabled => Code::PermissionDenied,
             ApiError::PayloadTooLarge { .. } => Code::ResourceExhausted,
@@ -212,7 +236,14 @@ impl From<ApiError> for tonic::Status {
             ApiError::MethodNotAllowed { .. } => Code::Unimplemented,
             ApiError::Internal(_) => Code::Internal,
         };
-        tonic::Status::new(code, e.to_string())
+        let mut status = tonic::Status::new(code, e.to_string());
+        if e.is_shed() {
+            // gRPC's counterpart of `Retry-After`, read by clients with a retry policy.
+            status
+                .metadata_mut()
+                .insert("grpc-retry-pushback-ms", MetadataValue::from_static("1000"));
+        }
+        status
     }
 }
 

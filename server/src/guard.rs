@@ -1,6 +1,6 @@
 //! The guard in front of every evaluation endpoint, HTTP and gRPC alike: client tokens
-//! ([`crate::access`]), a per-process concurrency limit that sheds instead of queueing, and a
-//! request timeout.
+//! ([`crate::access`]), shedding when the process is saturated, a per-process concurrency
+//! limit that sheds instead of queueing, and a request timeout.
 //!
 //! Per request, in order:
 //! 1. Open routes pass untouched: gRPC health and reflection, CORS preflights (`OPTIONS`).
@@ -9,28 +9,48 @@
 //!    or token.
 //! 3. Streams (`WatchConfig`, flagd `EventStream`) pass after the token check: they live for
 //!    hours and must not hold a slot.
-//! 4. Anything else takes one of `--max-concurrency` slots (one atomic add, no queue, no
-//!    allocation) or is shed at once: HTTP 503 with `Retry-After: 1`, gRPC
-//!    `RESOURCE_EXHAUSTED`.
-//! 5. It then runs under `--request-timeout` (gRPC: or the caller's shorter `grpc-timeout`);
+//! 4. While the runtime is saturated (see below), a share of the rest is shed at once: HTTP 503
+//!    with `Retry-After: 1`, gRPC `RESOURCE_EXHAUSTED`. When it is not, this costs one relaxed
+//!    atomic load.
+//! 5. Anything else takes one of `--max-concurrency` slots (one atomic add, no queue, no
+//!    allocation) or is shed the same way.
+//! 6. It then runs under `--request-timeout` (gRPC: or the caller's shorter `grpc-timeout`);
 //!    past it: HTTP 503 `TIMEOUT`, gRPC `DEADLINE_EXCEEDED`. 503 rather than 408, because the
 //!    server, not the client, was too slow.
 //!
-//! Rejections are counted in `allot_requests_rejected_total{transport, reason}`. The slot is
-//! released when the response (headers and the already-buffered body) is handed back. Must not
-//! hold evaluation logic or inspect bodies.
+//! Rejections are counted in `allot_requests_rejected_total{transport, reason}` (saturation and
+//! the connection cap of [`crate::listen`] count as `reason="overload"`). The slot is released
+//! when the response (headers and the already-buffered body) is handed back. Must not hold
+//! evaluation logic or inspect bodies.
+//!
+//! Why saturation and not only the slot count: an evaluation finishes within one poll of its
+//! future, so under CPU overload at most one request per worker is ever inside the guard and the
+//! concurrency limit never fires; the queue forms before the server reads a request (kernel
+//! socket buffers, client connection pools). What does grow is the runtime's scheduling lag: how
+//! long a task that became ready waits before it runs, which is about how long a request that
+//! just became readable waits. [`watch_saturation`] samples it every [`PROBE_EVERY`] (the time a
+//! `yield_now` takes to come back) and drives a CoDel-like controller ([`Saturation`]): once the
+//! lag has stayed above `--shed-lag` for a whole `--shed-interval` (a burst or a descheduled VM
+//! does not count, a standing queue does), it sheds a share of new requests, raised by
+//! [`STEP`] each sample the lag is still above the target and lowered by as much each sample it
+//! is below, up to [`MAX_SHARE`] (a trickle is always served). Shed requests are answered before
+//! their body is read or decoded, so they are cheaper than admitted ones and the lag falls; when
+//! the load drops, the share is back at 0 within [`MAX_SHARE`]`/`[`STEP`] samples.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, header};
 use axum::response::IntoResponse;
 use pin_project_lite::pin_project;
 use prometheus_client::metrics::gauge::Gauge;
+use tokio_util::sync::CancellationToken;
 
 use crate::access::{ClientTokens, Verdict};
 use crate::error::ApiError;
@@ -53,6 +73,44 @@ struct Shared {
     in_flight: Gauge,
     max: i64,
     timeout: Duration,
+    /// The share of guarded requests to shed now, in 1/[`SHARE_ONE`]; 0 unless saturated.
+    /// Written by [`watch_saturation`] only.
+    shed_share: AtomicU32,
+}
+
+/// The share of requests to shed that means "all of them" (shares are in 1/1024).
+pub const SHARE_ONE: u32 = 1024;
+
+/// How much the shed share moves per lag sample (1/16).
+pub const STEP: u32 = SHARE_ONE / 16;
+
+/// The highest shed share (15/16): even deep in overload, one request in 16 is served, so the
+/// service stays visible and the lag keeps being measured against real work.
+pub const MAX_SHARE: u32 = SHARE_ONE - STEP;
+
+/// How often [`watch_saturation`] samples the scheduling lag.
+pub const PROBE_EVERY: Duration = Duration::from_millis(1);
+
+/// When the guard sheds for saturation (`--shed-lag`, `--shed-interval`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SaturationOptions {
+    /// The scheduling lag above which the runtime counts as saturated.
+    pub target: Duration,
+    /// How long the lag must stay above `target` before shedding starts.
+    pub interval: Duration,
+}
+
+/// The saturation controller: lag samples in, the share of requests to shed out. Pure (the
+/// clock is an argument), so its behaviour is tested without a runtime.
+#[derive(Debug, Clone)]
+pub struct Saturation {
+    options: SaturationOptions,
+    /// Since when every sample has been above the target (none: the last one was not).
+    above_since: Option<Instant>,
+    /// When the share last fell back to 0 (a standing overload that returns within an
+    /// interval is shed again at once, as CoDel re-enters its dropping state).
+    last_shed: Option<Instant>,
+    share: u32,
 }
 
 /// What a [`Guard`] enforces.
@@ -122,6 +180,8 @@ pub trait Flavor: Send + Sync + 'static {
     }
     /// The response of a refused request.
     fn reject(class: Class, error: ApiError) -> Response<Self::Body>;
+    /// A response of this transport as an axum response (for [`refusal`]).
+    fn into_axum(res: Response<Self::Body>) -> axum::response::Response;
 }
 
 /// The evaluation HTTP port: everything but CORS preflights is guarded; `/ofrep/` paths answer
@@ -145,6 +205,7 @@ impl Guard {
                 in_flight: options.in_flight,
                 max: i64::try_from(options.max_concurrency.max(1)).unwrap_or(i64::MAX),
                 timeout: options.request_timeout,
+                shed_share: AtomicU32::new(0),
             }),
         }
     }
@@ -177,6 +238,11 @@ impl Guard {
         self.shared.in_flight.get()
     }
 
+    /// The share of guarded requests shed now for saturation, in 1/[`SHARE_ONE`].
+    pub fn shed_share(&self) -> u32 {
+        self.shared.shed_share.load(Ordering::Relaxed)
+    }
+
     /// The layer for transport `F`, counting rejections in `metrics`.
     pub fn layer<F: Flavor>(&self, metrics: Option<&Metrics>) -> GuardLayer<F> {
         GuardLayer {
@@ -187,6 +253,21 @@ impl Guard {
             flavor: PhantomData,
         }
     }
+}
+
+/// The service of the connections of transport `F` past `--max-connections` (see
+/// [`crate::listen`]): every request is answered [`ApiError::TooManyConnections`] in `F`'s shape
+/// (HTTP 503 with `Retry-After: 1`, OFREP's error shape under `/ofrep/`, gRPC
+/// `RESOURCE_EXHAUSTED`) without reading its body, and counted as an overload rejection.
+pub fn refusal<F: Flavor>(metrics: Option<&Metrics>) -> axum::Router {
+    let counters = metrics.map(|m| m.reject_counters(F::TRANSPORT));
+    axum::Router::new().fallback(move |method: Method, uri: axum::http::Uri| {
+        if let Some(c) = &counters {
+            c.inc(Rejection::Overload);
+        }
+        let class = F::class(&method, uri.path());
+        std::future::ready(F::into_axum(F::reject(class, ApiError::TooManyConnections)))
+    })
 }
 
 // === impl Scope ===
@@ -214,6 +295,86 @@ impl Drop for Permit {
     fn drop(&mut self) {
         self.0.guard.shared.in_flight.dec();
     }
+}
+
+/// Whether to shed this request when the share is `share` (in 1/[`SHARE_ONE`]): a per-thread
+/// Weyl sequence spreads the shed ones evenly, with no shared state and no RNG.
+fn shed_now(share: u32) -> bool {
+    thread_local! {
+        static SEQ: Cell<u32> = const { Cell::new(0) };
+    }
+    let x = SEQ.with(|s| {
+        // The golden-ratio increment visits the 1024 top-bit buckets evenly.
+        let x = s.get().wrapping_add(0x9E37_79B9);
+        s.set(x);
+        x
+    });
+    (x >> 22) < share
+}
+
+// === impl Saturation ===
+
+impl Saturation {
+    /// A controller that is not shedding.
+    pub fn new(options: SaturationOptions) -> Self {
+        Self {
+            options,
+            above_since: None,
+            last_shed: None,
+            share: 0,
+        }
+    }
+
+    /// Takes one lag sample measured at `now`; returns the share to shed from now on.
+    pub fn observe(&mut self, now: Instant, lag: Duration) -> u32 {
+        if lag > self.options.target {
+            let since = *self.above_since.get_or_insert(now);
+            let standing = now.saturating_duration_since(since) >= self.options.interval;
+            let recent = self
+                .last_shed
+                .is_some_and(|t| now.saturating_duration_since(t) < self.options.interval);
+            if self.share > 0 || standing || recent {
+                self.share = (self.share + STEP).min(MAX_SHARE);
+            }
+        } else {
+            self.above_since = None;
+            if self.share > 0 {
+                self.share = self.share.saturating_sub(STEP);
+                if self.share == 0 {
+                    self.last_shed = Some(now);
+                }
+            }
+        }
+        self.share
+    }
+}
+
+/// Samples the runtime's scheduling lag every [`PROBE_EVERY`] and sets the share `guard` sheds,
+/// until `cancel`. Runs on the runtime it measures (spawn it there).
+pub async fn watch_saturation(guard: Guard, options: SaturationOptions, cancel: CancellationToken) {
+    let mut control = Saturation::new(options);
+    let shared = &guard.shared;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            () = tokio::time::sleep(PROBE_EVERY) => {}
+        }
+        // How long a task that just became ready waits to run again: every ready task (a
+        // readable connection among them) ahead of it, and an I/O driver turn.
+        let start = Instant::now();
+        tokio::task::yield_now().await;
+        let now = Instant::now();
+        let share = control.observe(now, now.saturating_duration_since(start));
+        if share != shared.shed_share.load(Ordering::Relaxed) {
+            if share == 0 {
+                tracing::debug!("scheduling lag back under --shed-lag; no longer shedding");
+            } else if shared.shed_share.load(Ordering::Relaxed) == 0 {
+                tracing::debug!(target = ?options.target, "scheduling lag above --shed-lag; shedding load");
+            }
+            shared.shed_share.store(share, Ordering::Relaxed);
+        }
+    }
+    shared.shed_share.store(0, Ordering::Relaxed);
 }
 
 // === impl GuardLayer ===
@@ -257,6 +418,12 @@ where
         }
         if class == Class::Stream {
             return GuardFuture::pass(self.inner.call(req));
+        }
+        // The whole cost of saturation shedding when not saturated: this load and a branch.
+        let share = scope.guard.shared.shed_share.load(Ordering::Relaxed);
+        if share != 0 && shed_now(share) {
+            scope.count(Rejection::Overload);
+            return GuardFuture::rejected(class, ApiError::Saturated);
         }
         let Some(permit) = try_acquire(scope) else {
             scope.count(Rejection::Overload);
@@ -370,7 +537,10 @@ impl Flavor for Http {
 
     fn reject(class: Class, error: ApiError) -> Response<Self::Body> {
         if class == Class::Ofrep {
+            let status = error.status();
             let mut res = crate::ofrep::error_response(None, &error);
+            // OFREP maps the errors it knows; the guard's own are 401 or 503 whatever it says.
+            *res.status_mut() = status;
             // Browser providers must be able to read the refusal.
             res.headers_mut().insert(
                 header::ACCESS_CONTROL_ALLOW_ORIGIN,
@@ -380,6 +550,10 @@ impl Flavor for Http {
         } else {
             error.into_response()
         }
+    }
+
+    fn into_axum(res: Response<Self::Body>) -> axum::response::Response {
+        res
     }
 }
 
@@ -408,6 +582,10 @@ impl Flavor for Grpc {
 
     fn reject(_class: Class, error: ApiError) -> Response<Self::Body> {
         tonic::Status::from(error).into_http()
+    }
+
+    fn into_axum(res: Response<Self::Body>) -> axum::response::Response {
+        res.map(axum::body::Body::new)
     }
 }
 
@@ -518,6 +696,60 @@ mod tests {
             Grpc::class(&post, "/flagd.evaluation.v1.Service/ResolveAll"),
             Class::Native
         );
+    }
+
+    #[test]
+    fn saturation_sheds_only_a_standing_lag_and_stops_when_it_falls() {
+        let options = SaturationOptions {
+            target: Duration::from_millis(2),
+            interval: Duration::from_millis(100),
+        };
+        let mut s = Saturation::new(options);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let (low, high) = (Duration::from_micros(50), Duration::from_millis(5));
+        // A burst or a stall shorter than the interval sheds nothing.
+        for ms in 0..99 {
+            assert_eq!(s.observe(at(ms), high), 0, "{ms} ms");
+        }
+        assert_eq!(s.observe(at(99), low), 0);
+        for ms in 100..200 {
+            assert_eq!(s.observe(at(ms), high), 0, "{ms} ms");
+        }
+        // A whole interval above the target: shedding starts and grows a step per sample,
+        // up to the cap.
+        assert_eq!(s.observe(at(200), high), STEP);
+        assert_eq!(s.observe(at(201), high), 2 * STEP);
+        for ms in 202..300 {
+            s.observe(at(ms), high);
+        }
+        assert_eq!(s.observe(at(300), high), MAX_SHARE);
+        // The lag falls: the share falls a step per sample, to 0.
+        let mut shares = Vec::new();
+        for ms in 301..400 {
+            shares.push(s.observe(at(ms), low));
+        }
+        assert!(shares.windows(2).all(|w| w[1] < w[0] || w[1] == 0));
+        assert_eq!(shares[usize::try_from(MAX_SHARE / STEP).unwrap() - 1], 0);
+        // Back within an interval of the last shedding: shed again at once.
+        let left = 300 + u64::from(MAX_SHARE / STEP);
+        assert_eq!(s.observe(at(left + 50), high), STEP);
+        assert_eq!(s.observe(at(left + 51), low), 0);
+        // Later than that, a full interval is needed again.
+        assert_eq!(s.observe(at(left + 500), high), 0);
+        assert_eq!(s.observe(at(left + 599), high), 0);
+        assert_eq!(s.observe(at(left + 600), high), STEP);
+    }
+
+    #[test]
+    fn shed_share_is_spread_evenly() {
+        for share in [0, 1, STEP, SHARE_ONE / 2, MAX_SHARE, SHARE_ONE] {
+            let shed = (0..SHARE_ONE * 16).filter(|_| shed_now(share)).count();
+            // A Weyl sequence hits each of the 1024 buckets 16 times in 16,384 steps, give or
+            // take one per bucket.
+            let want = usize::try_from(share * 16).unwrap();
+            assert!(shed.abs_diff(want) <= 16, "share {share}: {shed} of {want}");
+        }
     }
 
     #[test]

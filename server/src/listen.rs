@@ -9,6 +9,16 @@
 //! idle keep-alive connection stays open) and answers a head larger than `--max-header-bytes`
 //! (or with more than [`MAX_HEADERS`] headers) with `431 Request Header Fields Too Large`.
 //!
+//! With `--max-connections`, each evaluation port counts its open connections. A connection
+//! past the cap is accepted and answered cheaply instead of being left in the kernel's backlog
+//! (where its client would see a hang, not a refusal, and a load balancer could not tell it from
+//! a dead server): its first request gets the listener's refusal router (HTTP 503 with
+//! `Retry-After: 1` and `Connection: close`, or over HTTP/2 and gRPC that answer followed by a
+//! GOAWAY), without the request's body being read, and the connection is closed. Refusals in
+//! progress are capped at the same number (each lasts at most `--header-read-timeout`); past
+//! both caps a connection is closed at once, unanswered. The cap bounds the work a burst of
+//! clients can queue inside the process and keeps file descriptors for the management port.
+//!
 //! Shutdown: stop accepting, close connections that are still handshaking, let in-flight
 //! requests finish (keep-alive connections close after their current request), and give up on
 //! the stragglers after [`crate::grpc::DRAIN_TIMEOUT`]. Must not know about routes or tokens.
@@ -18,6 +28,7 @@ use std::io;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,7 +39,7 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -36,6 +47,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
+use tower::ServiceExt as _;
 
 /// Most headers an HTTP/1 request may carry (hyper's default, stated here so it is documented).
 pub const MAX_HEADERS: usize = 100;
@@ -49,10 +61,40 @@ pub const ALPN_GRPC: &[&[u8]] = &[b"h2"];
 /// The HTTP/2 connection preface; a plaintext connection starting with it is served as h2c.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// A bound port and how its connections are secured.
+/// A bound port, how its connections are secured, and its connection cap.
 pub struct Listener {
     tcp: TcpListener,
     handshake: Handshake,
+    cap: Option<Arc<Cap>>,
+}
+
+/// The open-connection cap of one listener (`--max-connections`).
+#[derive(Debug)]
+struct Cap {
+    max: usize,
+    /// Admitted connections still open.
+    open: AtomicUsize,
+    /// Refused connections still being answered.
+    refusing: AtomicUsize,
+    /// What refused connections are answered with.
+    refusal: Router,
+}
+
+/// One counted connection (admitted or being refused); uncounted when dropped.
+#[derive(Debug)]
+pub struct Counted {
+    cap: Arc<Cap>,
+    admitted: bool,
+}
+
+/// What the cap says about a new connection.
+enum Admission {
+    /// Serve it (holding its count, if there is a cap).
+    Serve(Option<Counted>),
+    /// Answer its first request with the refusal router, then close it.
+    Refuse(Counted, Router),
+    /// Close it at once.
+    Close,
 }
 
 /// How an accepted connection is secured; cloned into each connection's task (never the
@@ -144,10 +186,29 @@ pub async fn serve_http(
         };
         // Subscribed before the task starts, so a shutdown that begins while it handshakes is
         // still seen by the connection.
+        let (handshake, closing) = (listener.handshake.clone(), closing.clone());
+        let counted = match listener.admit() {
+            Admission::Serve(counted) => counted,
+            Admission::Refuse(counted, refusal) => {
+                tokio::spawn(async move {
+                    let _counted = counted;
+                    let timeout = limits.header_read_timeout;
+                    let conn = tokio::select! {
+                        conn = handshake.run(tcp) => conn,
+                        () = closing.cancelled() => return,
+                    };
+                    if let Some(conn) = conn {
+                        refuse(conn, refusal, timeout, false, closing).await;
+                    }
+                });
+                continue;
+            }
+            Admission::Close => continue,
+        };
         let watcher = graceful.watcher();
-        let (handshake, router, closing) =
-            (listener.handshake.clone(), router.clone(), closing.clone());
+        let router = router.clone();
         tokio::spawn(async move {
+            let _counted = counted;
             let conn = tokio::select! {
                 conn = handshake.run(tcp) => conn,
                 () = closing.cancelled() => return,
@@ -186,6 +247,28 @@ pub fn incoming(
                 tcp = listener.accept() => tcp,
             };
             let (handshake, tx) = (listener.handshake.clone(), tx.clone());
+            let counted = match listener.admit() {
+                Admission::Serve(counted) => counted,
+                Admission::Refuse(counted, refusal) => {
+                    let closing = CancellationToken::new();
+                    tokio::spawn(async move {
+                        let _counted = counted;
+                        let conn = tokio::select! {
+                            conn = handshake.run(tcp) => conn,
+                            () = tx.closed() => return,
+                        };
+                        if let Some(conn) = conn {
+                            let refused = refuse(conn, refusal, preface_timeout, true, closing);
+                            tokio::select! {
+                                () = refused => {}
+                                () = tx.closed() => {}
+                            }
+                        }
+                    });
+                    continue;
+                }
+                Admission::Close => continue,
+            };
             tokio::spawn(async move {
                 let ready = async {
                     let mut conn = handshake.run(tcp).await?;
@@ -194,6 +277,7 @@ pub fn incoming(
                             prefix,
                             read: 0,
                             inner: conn,
+                            _counted: counted,
                         }),
                         Ok(Ok((false, _))) => {
                             tracing::debug!("not HTTP/2 on the gRPC port; closing");
@@ -243,7 +327,48 @@ impl Listener {
                 tls,
                 timeout: handshake_timeout,
             },
+            cap: None,
         }
+    }
+
+    /// Caps the open connections at `max` (at least 1); connections past it are answered by
+    /// `refusal` and closed, as the module docs say.
+    pub fn with_max_connections(mut self, max: usize, refusal: Router) -> Self {
+        self.cap = Some(Arc::new(Cap {
+            max: max.max(1),
+            open: AtomicUsize::new(0),
+            refusing: AtomicUsize::new(0),
+            refusal,
+        }));
+        self
+    }
+
+    /// Counts a new connection against the cap.
+    fn admit(&self) -> Admission {
+        let Some(cap) = &self.cap else {
+            return Admission::Serve(None);
+        };
+        // Only the accept loop adds, so a check-then-add cannot overshoot.
+        if cap.open.load(Ordering::Acquire) < cap.max {
+            cap.open.fetch_add(1, Ordering::AcqRel);
+            return Admission::Serve(Some(Counted {
+                cap: cap.clone(),
+                admitted: true,
+            }));
+        }
+        if cap.refusing.load(Ordering::Acquire) < cap.max {
+            cap.refusing.fetch_add(1, Ordering::AcqRel);
+            let counted = Counted {
+                cap: cap.clone(),
+                admitted: false,
+            };
+            return Admission::Refuse(counted, cap.refusal.clone());
+        }
+        tracing::debug!(
+            max = cap.max,
+            "connection and refusal caps reached; closing"
+        );
+        Admission::Close
     }
 
     /// The bound address.
@@ -297,6 +422,77 @@ impl Handshake {
     }
 }
 
+// === impl Counted ===
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let count = if self.admitted {
+            &self.cap.open
+        } else {
+            &self.cap.refusing
+        };
+        count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Answers the first request of a connection past the cap with `refusal` and closes it, all
+/// within `timeout`: HTTP/1 without keep-alive (hyper adds `Connection: close`), HTTP/2 with a
+/// GOAWAY once the first request is answered. `h2_only` (the gRPC port) closes anything else
+/// unanswered.
+async fn refuse(
+    mut conn: Conn,
+    refusal: Router,
+    timeout: Duration,
+    h2_only: bool,
+    closing: CancellationToken,
+) {
+    let refused = async move {
+        let (h2, prefix) = read_preface(&mut conn).await.ok()?;
+        if h2_only && !h2 {
+            return None;
+        }
+        let io = TokioIo::new(Prefixed {
+            prefix,
+            read: 0,
+            inner: conn,
+            _counted: None,
+        });
+        if h2 {
+            let first = Arc::new(Notify::new());
+            let seen = first.clone();
+            let service = hyper::service::service_fn(move |req| {
+                seen.notify_one();
+                refusal.clone().oneshot(req)
+            });
+            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            builder.timer(TokioTimer::new());
+            let conn = builder.serve_connection(io, service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return Some(()),
+                () = first.notified() => {}
+            }
+            conn.as_mut().graceful_shutdown();
+            conn.await.ok()
+        } else {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeout)
+                .keep_alive(false)
+                .max_headers(MAX_HEADERS);
+            builder
+                .serve_connection(io, TowerToHyperService::new(refusal))
+                .await
+                .ok()
+        }
+    };
+    tokio::select! {
+        _ = tokio::time::timeout(timeout, refused) => {}
+        () = closing.cancelled() => {}
+    }
+}
+
 /// Serves one connection: detects HTTP/2 (its preface) or HTTP/1 from the first bytes within
 /// the header read timeout, then hands it to hyper under `watcher`.
 async fn serve_connection(
@@ -325,6 +521,7 @@ async fn serve_connection(
         prefix,
         read: 0,
         inner: conn,
+        _counted: None,
     });
     let service = TowerToHyperService::new(router);
     let result = if h2 {
@@ -367,12 +564,14 @@ async fn read_preface<I: AsyncRead + Unpin>(io: &mut I) -> io::Result<(bool, Vec
     Ok((true, buf))
 }
 
-/// An I/O stream whose first reads replay the bytes protocol detection consumed.
+/// An I/O stream whose first reads replay the bytes protocol detection consumed; it holds the
+/// connection's count against `--max-connections` (gRPC connections live inside tonic).
 #[derive(Debug)]
 pub struct Prefixed<I> {
     prefix: Vec<u8>,
     read: usize,
     inner: I,
+    _counted: Option<Counted>,
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
@@ -521,6 +720,7 @@ mod tests {
                 prefix,
                 read: 0,
                 inner: io,
+                _counted: None,
             };
             let mut all = Vec::new();
             replay.read_to_end(&mut all).await.unwrap();

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::guard::SaturationOptions;
 use crate::log;
 
 /// `allot-server`: deterministic experiment allocation and feature flags over HTTP and gRPC.
@@ -122,6 +123,24 @@ pub struct Settings {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrency: u32,
 
+    /// Shed evaluation requests (HTTP 503 with `Retry-After: 1`, gRPC `RESOURCE_EXHAUSTED`)
+    /// while the runtime's scheduling lag stays above this: the process is CPU-saturated and
+    /// requests queue before they are read. `0` turns it off.
+    #[arg(long, env = "ALLOT_SHED_LAG", default_value = "2ms")]
+    pub shed_lag: humantime::Duration,
+
+    /// How long the scheduling lag must stay above --shed-lag before shedding starts (bursts
+    /// and short stalls shorter than this shed nothing).
+    #[arg(long, env = "ALLOT_SHED_INTERVAL", default_value = "100ms")]
+    pub shed_interval: humantime::Duration,
+
+    /// Most open connections on each of the evaluation ports (HTTP and gRPC; management is
+    /// exempt). Past it a new connection's requests get HTTP 503 with `Retry-After: 1` (gRPC
+    /// `RESOURCE_EXHAUSTED`) and it is closed; past twice it, it is closed unanswered. `0`: no
+    /// cap.
+    #[arg(long, env = "ALLOT_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: u32,
+
     /// Longest an evaluation request may take (HTTP 503 `TIMEOUT`, gRPC `DEADLINE_EXCEEDED`);
     /// a shorter incoming `grpc-timeout` wins.
     #[arg(long, env = "ALLOT_REQUEST_TIMEOUT", default_value = "2s")]
@@ -180,6 +199,21 @@ impl Settings {
         Duration::from(self.request_timeout).max(Duration::from_millis(1))
     }
 
+    /// When to shed for saturation; `None` with `--shed-lag 0`.
+    pub fn saturation(&self) -> Option<SaturationOptions> {
+        let target = Duration::from(self.shed_lag);
+        (!target.is_zero()).then(|| SaturationOptions {
+            target,
+            interval: Duration::from(self.shed_interval),
+        })
+    }
+
+    /// The connection cap of each evaluation port; `None` with `--max-connections 0`.
+    pub fn max_connections(&self) -> Option<usize> {
+        (self.max_connections != 0)
+            .then(|| usize::try_from(self.max_connections).unwrap_or(usize::MAX))
+    }
+
     /// The --config poll interval (at least 10 ms).
     pub fn poll_interval(&self) -> Duration {
         Duration::from(self.config_poll).max(Duration::from_millis(10))
@@ -219,6 +253,18 @@ mod tests {
         );
         assert_eq!(s.max_header_bytes, 32 * 1024);
         assert!(s.tls_cert.is_none() && s.tls_key.is_none() && s.client_tokens.is_none());
+        assert_eq!(
+            s.saturation(),
+            Some(SaturationOptions {
+                target: Duration::from_millis(2),
+                interval: Duration::from_millis(100),
+            })
+        );
+        assert_eq!(s.max_connections(), None);
+        let s =
+            Settings::parse_from(["allot-server", "--shed-lag", "0", "--max-connections", "64"]);
+        assert_eq!(s.saturation(), None);
+        assert_eq!(s.max_connections(), Some(64));
     }
 
     #[test]
@@ -233,5 +279,8 @@ mod tests {
         assert!(err(&["--max-concurrency", "0"]).contains("--max-concurrency"));
         assert!(err(&["--max-header-bytes", "100"]).contains("--max-header-bytes"));
         assert!(err(&["--request-timeout", "soon"]).contains("--request-timeout"));
+        assert!(err(&["--shed-lag", "fast"]).contains("--shed-lag"));
+        assert!(err(&["--shed-interval", "later"]).contains("--shed-interval"));
+        assert!(err(&["--max-connections", "many"]).contains("--max-connections"));
     }
 }

@@ -4,6 +4,11 @@
 //! `grpc-timeout` cut slow requests; slow header senders are disconnected after
 //! `--header-read-timeout` while others are served; oversized heads get 431.
 //!
+//! Saturation (`--shed-lag`): a runtime kept busy by CPU-bound tasks sheds new requests on every
+//! API and serves them again once the load stops. The connection cap (`--max-connections`):
+//! connections past it are answered 503 / `RESOURCE_EXHAUSTED` and closed, past twice it closed
+//! unanswered, and a freed connection slot serves again.
+//!
 //! Requests are held in flight for real: a request whose body has not fully arrived holds its
 //! slot until the rest comes (or the timeout fires). No assertion depends on wall-clock time.
 
@@ -12,10 +17,12 @@ mod net_support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use allot_proto::allot::v1::allocator_client::AllocatorClient;
-use allot_proto::allot::v1::{AllocateRequest, WatchConfigRequest};
+use allot_proto::allot::v1::{AllocateRequest, AllocateResponse, WatchConfigRequest};
 use allot_proto::flagd::evaluation::v2;
 use allot_server::app::Server;
 use axum::body::Bytes;
@@ -72,6 +79,31 @@ fn context() -> prost_types::Struct {
     )
 }
 
+/// One `allot.v1.Allocator/Allocate` call with [`context`].
+async fn allocate(
+    client: &mut AllocatorClient<tonic::transport::Channel>,
+) -> Result<AllocateResponse, tonic::Status> {
+    let req = AllocateRequest {
+        context: Some(context()),
+    };
+    client.allocate(req).await.map(tonic::Response::into_inner)
+}
+
+/// Asserts `r` is a shed answer: 503, `Retry-After: 1`, in OFREP's shape under `/ofrep/` and
+/// the native one (code `OVERLOADED`, a message containing `why`) elsewhere.
+fn assert_shed(r: &net_support::Reply, path: &str, why: &str) {
+    assert_eq!(r.status, 503, "{path}: {}", r.text());
+    assert_eq!(r.header("retry-after").as_deref(), Some("1"), "{path}");
+    let json = r.json();
+    if path.starts_with("/ofrep/") {
+        assert_eq!(json["errorCode"], "GENERAL", "{json}");
+    } else {
+        assert_eq!(json["code"], "OVERLOADED", "{json}");
+    }
+    let message = json["message"].as_str().or(json["errorDetails"].as_str());
+    assert!(message.unwrap().contains(why), "{json}");
+}
+
 /// An HTTP/1.1 `POST /v1/allocate` whose body stops halfway: it holds its slot until
 /// [`Held::finish`] sends the rest (or the server times it out).
 struct Held {
@@ -117,6 +149,15 @@ fn parse_raw(raw: &str) -> (u16, Value) {
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
+/// A server with `args` and saturation shedding off: the tests of the other guards send
+/// debug-build bursts that can saturate a busy machine's runtime for real (and run beside the
+/// saturation test's CPU hogs), and must see their own guard alone.
+async fn start_steady(dir: &std::path::Path, args: &[&str]) -> Server {
+    let mut all = vec!["--shed-lag", "0"];
+    all.extend_from_slice(args);
+    start(dir, CONFIG, &all).await
+}
+
 async fn in_flight(mgmt: &Client) -> f64 {
     metric(mgmt, "allot_requests_in_flight ").await
 }
@@ -124,9 +165,8 @@ async fn in_flight(mgmt: &Client) -> f64 {
 #[tokio::test]
 async fn excess_requests_are_shed_and_the_server_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(
+    let server = start_steady(
         dir.path(),
-        CONFIG,
         &["--max-concurrency", "2", "--request-timeout", "60s"],
     )
     .await;
@@ -162,22 +202,10 @@ async fn excess_requests_are_shed_and_the_server_recovers() {
         .collect();
     for task in burst {
         let (path, r) = task.await.unwrap();
-        assert_eq!(r.status, 503, "{path}: {}", r.text());
-        assert_eq!(r.header("retry-after").as_deref(), Some("1"), "{path}");
-        let json = r.json();
-        if path.starts_with("/ofrep/") {
-            assert_eq!(json["errorCode"], "GENERAL", "{json}");
-        } else {
-            assert_eq!(json["code"], "OVERLOADED", "{json}");
-        }
+        assert_shed(&r, path, "concurrency limit");
         shed += 1;
     }
-    let status = native
-        .allocate(AllocateRequest {
-            context: Some(context()),
-        })
-        .await
-        .unwrap_err();
+    let status = allocate(&mut native).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     let status = flagd
         .resolve_all(v2::ResolveAllRequest {
@@ -240,13 +268,7 @@ async fn excess_requests_are_shed_and_the_server_recovers() {
         let r = http.post("/v1/allocate", &[], BODY).await;
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(cells(&r.json()), want);
-        let reply = native
-            .allocate(AllocateRequest {
-                context: Some(context()),
-            })
-            .await
-            .expect("gRPC recovers")
-            .into_inner();
+        let reply = allocate(&mut native).await.expect("gRPC recovers");
         assert_eq!(reply.allocations.len(), want.len());
     }
 
@@ -303,7 +325,7 @@ async fn stalled_grpc_call(addr: SocketAddr, grpc_timeout: Option<&str>) -> Stri
 #[tokio::test]
 async fn slow_requests_time_out_and_grpc_timeout_is_honoured() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path(), CONFIG, &["--request-timeout", "300ms"]).await;
+    let server = start_steady(dir.path(), &["--request-timeout", "300ms"]).await;
     let mgmt = Client::plain(server.mgmt_addr);
 
     // HTTP: a body that never completes gets 503 TIMEOUT and frees its slot.
@@ -343,7 +365,7 @@ async fn slow_requests_time_out_and_grpc_timeout_is_honoured() {
 
     // With a long server timeout, the caller's shorter grpc-timeout decides.
     let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path(), CONFIG, &["--request-timeout", "1h"]).await;
+    let server = start_steady(dir.path(), &["--request-timeout", "1h"]).await;
     assert_eq!(stalled_grpc_call(server.grpc_addr, Some("200m")).await, "4");
     let mut native = AllocatorClient::new(net_support::grpc_channel(&server).await);
     let mut req = tonic::Request::new(AllocateRequest {
@@ -384,9 +406,8 @@ async fn dribble(addr: SocketAddr, start: &'static [u8], lines: bool) -> Vec<u8>
 #[tokio::test]
 async fn slow_header_senders_are_disconnected_and_others_served() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(
+    let server = start_steady(
         dir.path(),
-        CONFIG,
         &[
             "--header-read-timeout",
             "500ms",
@@ -424,13 +445,9 @@ async fn slow_header_senders_are_disconnected_and_others_served() {
     assert_eq!(cells(&r.json()), want);
     let mut native = AllocatorClient::new(net_support::grpc_channel(&server).await);
     for _ in 0..5 {
-        let reply = native
-            .allocate(AllocateRequest {
-                context: Some(context()),
-            })
+        let reply = allocate(&mut native)
             .await
-            .expect("gRPC is served while slow clients hang on")
-            .into_inner();
+            .expect("gRPC is served while slow clients hang on");
         assert_eq!(reply.allocations.len(), want.len());
     }
     let http = Client::plain(addr);
@@ -489,7 +506,7 @@ async fn slow_header_senders_are_disconnected_and_others_served() {
 #[tokio::test]
 async fn shutdown_drains_in_flight_requests_and_stops_accepting() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path(), CONFIG, &["--request-timeout", "1h"]).await;
+    let server = start_steady(dir.path(), &["--request-timeout", "1h"]).await;
     let want = expected(&server);
     let (addr, mgmt) = (server.http_addr, Client::plain(server.mgmt_addr));
     let held = Held::open(addr).await;
@@ -516,4 +533,248 @@ async fn shutdown_drains_in_flight_requests_and_stops_accepting() {
         .expect("shutdown finishes once drained")
         .unwrap()
         .unwrap();
+}
+
+/// Tasks that keep the test's runtime busy: each spins the CPU for 5 ms per poll, then yields,
+/// so every other task (the server's connections, its saturation probe) waits behind them, as
+/// under CPU overload. Dropping the returned guard stops them.
+struct Hogs(Arc<AtomicBool>);
+
+impl Hogs {
+    fn start(n: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        for _ in 0..n {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let spin = Instant::now();
+                    while spin.elapsed() < Duration::from_millis(5) {
+                        std::hint::spin_loop();
+                    }
+                    tokio::task::yield_now().await;
+                }
+            });
+        }
+        Self(stop)
+    }
+}
+
+impl Drop for Hogs {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+#[tokio::test]
+async fn a_saturated_runtime_sheds_new_requests_and_recovers_when_the_load_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(
+        dir.path(),
+        CONFIG,
+        &["--shed-lag", "2ms", "--shed-interval", "20ms"],
+    )
+    .await;
+    let want = expected(&server);
+    let http = Client::plain(server.http_addr);
+    let mgmt = Client::plain(server.mgmt_addr);
+    let mut native = AllocatorClient::new(net_support::grpc_channel(&server).await);
+    // Idle: served.
+    assert_eq!(http.post("/v1/allocate", &[], BODY).await.status, 200);
+
+    let hogs = Hogs::start(4);
+    // The lag (at least one 5 ms spin per turn) stays above 2 ms: new requests are shed, on
+    // every API, before anything else is done with them.
+    for path in ["/v1/allocate", "/ofrep/v1/evaluate/flags"] {
+        until(&format!("a request to {path} is shed"), || async {
+            let r = http.post(path, &[], BODY).await;
+            if r.status == 503 {
+                assert_shed(&r, path, "saturated");
+                return true;
+            }
+            assert_eq!(r.status, 200, "{}", r.text());
+            false
+        })
+        .await;
+    }
+    until("a gRPC call is shed", || {
+        let mut native = native.clone();
+        async move {
+            match allocate(&mut native).await {
+                Ok(_) => false,
+                Err(status) => {
+                    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                    assert_eq!(
+                        status
+                            .metadata()
+                            .get("grpc-retry-pushback-ms")
+                            .map(|v| v.to_str().unwrap()),
+                        Some("1000")
+                    );
+                    true
+                }
+            }
+        }
+    })
+    .await;
+    // Management is never shed.
+    assert_eq!(mgmt.get("/readyz", &[]).await.status, 200);
+
+    // The load stops: the lag falls and every request is served again, correctly.
+    drop(hogs);
+    until("20 requests in a row are served", || async {
+        for _ in 0..20 {
+            let r = http.post("/v1/allocate", &[], BODY).await;
+            if r.status != 200 {
+                return false;
+            }
+            assert_eq!(cells(&r.json()), want);
+        }
+        true
+    })
+    .await;
+    let reply = allocate(&mut native).await.expect("gRPC recovers");
+    assert_eq!(reply.allocations.len(), want.len());
+    for transport in ["http", "grpc"] {
+        let shed = metric(
+            &mgmt,
+            &format!(
+                r#"allot_requests_rejected_total{{transport="{transport}",reason="overload"}}"#
+            ),
+        )
+        .await;
+        assert!(shed >= 1.0, "{transport}: {shed}");
+    }
+    server.shutdown().await.unwrap();
+}
+
+/// An HTTP/1.1 keep-alive connection that has been served once (so the server counts it).
+async fn kept_alive(
+    addr: SocketAddr,
+) -> hyper::client::conn::http1::SendRequest<http_body_util::Full<Bytes>> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = net_support::request("POST", "/v1/allocate", &[], BODY);
+    let res = sender.send_request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    sender
+}
+
+/// Sends `head` (a whole request) on a new connection; returns all the server sent before
+/// closing it.
+async fn once(addr: SocketAddr, head: &str) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    // The server may close before reading it all: that is an answer too.
+    let _ = tcp.write_all(head.as_bytes()).await;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(HANG, tcp.read_to_end(&mut got))
+        .await
+        .expect("closed in time");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn connections_past_the_cap_are_refused_cheaply_and_a_freed_slot_serves_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_steady(
+        dir.path(),
+        &["--max-connections", "2", "--header-read-timeout", "60s"],
+    )
+    .await;
+    let want = expected(&server);
+    let addr = server.http_addr;
+    let mgmt = Client::plain(server.mgmt_addr);
+    let post = |path: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{BODY}",
+            BODY.len()
+        )
+    };
+
+    // Two open connections fill the HTTP port's cap.
+    let first = kept_alive(addr).await;
+    let _second = kept_alive(addr).await;
+    // A third gets 503 + Retry-After + Connection: close, and is closed (keep-alive asked for).
+    let got = once(addr, &post("/v1/allocate")).await;
+    assert!(got.starts_with("HTTP/1.1 503"), "{got:?}");
+    let lower = got.to_ascii_lowercase();
+    assert!(lower.contains("retry-after: 1\r\n"), "{got:?}");
+    assert!(lower.contains("connection: close\r\n"), "{got:?}");
+    let (status, body) = parse_raw(&got);
+    assert_eq!(status, 503);
+    assert_eq!(body["code"], "OVERLOADED", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("connection limit"),
+        "{body}"
+    );
+    // OFREP paths get OFREP's shape.
+    let (status, body) = parse_raw(&once(addr, &post("/ofrep/v1/evaluate/flags")).await);
+    assert_eq!(status, 503);
+    assert_eq!(body["errorCode"], "GENERAL", "{body}");
+    // HTTP/2 too.
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let req = net_support::request("POST", &format!("http://{addr}/v1/allocate"), &[], BODY);
+    let r = net_support::send_h2(tcp, req).await.unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.header("retry-after").as_deref(), Some("1"));
+
+    // Two silent connections fill the refusals in progress; past both caps a connection is
+    // closed unanswered.
+    let silent = [
+        TcpStream::connect(addr).await.unwrap(),
+        TcpStream::connect(addr).await.unwrap(),
+    ];
+    assert_eq!(once(addr, &post("/v1/allocate")).await, "");
+    drop(silent);
+
+    // The gRPC port has its own cap: two channels are served, a third is refused.
+    let mut a = AllocatorClient::new(net_support::grpc_channel(&server).await);
+    let mut b = AllocatorClient::new(net_support::grpc_channel(&server).await);
+    for client in [&mut a, &mut b] {
+        assert!(allocate(client).await.is_ok());
+    }
+    let mut c = AllocatorClient::new(net_support::grpc_channel(&server).await);
+    let status = allocate(&mut c).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    // Management has no cap.
+    for _ in 0..5 {
+        assert_eq!(mgmt.get("/readyz", &[]).await.status, 200);
+    }
+    assert_eq!(
+        metric(
+            &mgmt,
+            r#"allot_requests_rejected_total{transport="http",reason="overload"}"#
+        )
+        .await,
+        3.0
+    );
+    assert_eq!(
+        metric(
+            &mgmt,
+            r#"allot_requests_rejected_total{transport="grpc",reason="overload"}"#
+        )
+        .await,
+        1.0
+    );
+
+    // A connection closes: its slot serves a new one.
+    drop(first);
+    until("a new connection is served", || async {
+        let head = post("/v1/allocate").replacen("\r\n\r\n", "\r\nconnection: close\r\n\r\n", 1);
+        let (status, body) = parse_raw(&once(addr, &head).await);
+        status == 200 && cells(&body) == want
+    })
+    .await;
+    drop(a);
+    until("a new gRPC channel is served", || async {
+        let mut c = AllocatorClient::new(net_support::grpc_channel(&server).await);
+        allocate(&mut c).await.is_ok()
+    })
+    .await;
+    server.shutdown().await.unwrap();
 }
