@@ -125,8 +125,9 @@ pub struct Settings {
 
     /// Shed evaluation requests (HTTP 503 with `Retry-After: 1`, gRPC `RESOURCE_EXHAUSTED`)
     /// while the runtime's scheduling lag stays above this: the process is CPU-saturated and
-    /// requests queue before they are read. `0` turns it off.
-    #[arg(long, env = "ALLOT_SHED_LAG", default_value = "2ms")]
+    /// requests queue before they are read. `0` (the default) turns it off; `2ms` suits a
+    /// server behind a load balancer that retries elsewhere.
+    #[arg(long, env = "ALLOT_SHED_LAG", default_value = "0")]
     pub shed_lag: humantime::Duration,
 
     /// How long the scheduling lag must stay above --shed-lag before shedding starts (bursts
@@ -253,6 +254,15 @@ mod tests {
         );
         assert_eq!(s.max_header_bytes, 32 * 1024);
         assert!(s.tls_cert.is_none() && s.tls_key.is_none() && s.client_tokens.is_none());
+        assert_eq!(s.saturation(), None);
+        assert_eq!(s.max_connections(), None);
+        let s = Settings::parse_from([
+            "allot-server",
+            "--shed-lag",
+            "2ms",
+            "--max-connections",
+            "64",
+        ]);
         assert_eq!(
             s.saturation(),
             Some(SaturationOptions {
@@ -260,10 +270,6 @@ mod tests {
                 interval: Duration::from_millis(100),
             })
         );
-        assert_eq!(s.max_connections(), None);
-        let s =
-            Settings::parse_from(["allot-server", "--shed-lag", "0", "--max-connections", "64"]);
-        assert_eq!(s.saturation(), None);
         assert_eq!(s.max_connections(), Some(64));
     }
 
