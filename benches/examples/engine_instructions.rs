@@ -10,7 +10,8 @@
 //! ```
 //!
 //! Paths: `one` (one 50/50 flag), `eq` (the same with an `eq` constraint), `rollout`, `all`
-//! (`resolve_all` over 100 flags), `alloc` (`allocate` across 500 layers). Instruction counts do
+//! (`resolve_all` over 100 flags), `alloc` (`allocate` across 500 layers), and `client` (the
+//! one-flag config through `allot::Client::resolve`, the owned answer, issue 5's ratio). Instruction counts do
 //! not depend on the machine's load, unlike the criterion benches' times.
 
 use std::hint::black_box;
@@ -21,12 +22,20 @@ use serde_json::json;
 #[path = "../benches/fixtures/mod.rs"]
 mod fixtures;
 use fixtures::{
-    MASK, contexts, hundred_flags, one_flag_experiment, rollout, ten_thousand_experiments,
+    MASK, contexts, hundred_flags, one_flag_doc, one_flag_experiment, rollout,
+    ten_thousand_experiments,
 };
 
 #[inline(never)]
 fn step_resolve(s: &Snapshot, key: &str, ctx: &Context) -> bool {
     let r = s.resolve(black_box(key), black_box(ctx));
+    black_box(&r);
+    r.is_ok()
+}
+
+#[inline(never)]
+fn step_client_resolve(client: &allot::Client, key: &str, ctx: &Context) -> bool {
+    let r = client.resolve(black_box(key), black_box(ctx));
     black_box(&r);
     r.is_ok()
 }
@@ -70,6 +79,20 @@ fn main() {
                 total += usize::from(step_resolve(&snapshot, key, &ctxs[i & MASK]));
             }
         }
+        "client" => {
+            // A runtime that is never driven: the client serves its bootstrap, no I/O.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime");
+            let _entered = runtime.enter();
+            let client = allot::Client::builder("http://127.0.0.1:9")
+                .bootstrap_str(one_flag_doc(None).to_string())
+                .connect()
+                .expect("client");
+            for i in 0..iterations {
+                total += usize::from(step_client_resolve(&client, "prefetch", &ctxs[i & MASK]));
+            }
+        }
         "all" => {
             let snapshot = hundred_flags();
             let mut out = Vec::with_capacity(100);
@@ -87,7 +110,7 @@ fn main() {
             }
         }
         other => {
-            eprintln!("unknown path `{other}`: one, eq, rollout, all or alloc");
+            eprintln!("unknown path `{other}`: one, eq, rollout, all, alloc or client");
             std::process::exit(2);
         }
     }

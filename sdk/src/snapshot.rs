@@ -352,6 +352,7 @@ impl Snapshot {
     }
 
     /// The value of flag `key` for the context.
+    #[inline]
     pub fn resolve<'s>(&'s self, key: &str, ctx: &Context) -> Result<Resolution<'s>, FlagNotFound> {
         match self.flag(key) {
             Some(flag) => Ok(self.view_of(flag, self.resolve_flag(flag, ctx))),
@@ -386,6 +387,7 @@ impl Snapshot {
 
     #[cfg(feature = "client")]
     /// [`Snapshot::resolve`] by indices, for holders of a snapshot that keep the answer.
+    #[inline]
     pub(crate) fn resolve_raw(&self, key: &str, ctx: &Context) -> Result<Raw, FlagNotFound> {
         match self.flag(key) {
             Some(flag) => Ok(self.resolve_flag(flag, ctx)),
@@ -521,6 +523,7 @@ impl Snapshot {
         }
     }
 
+    #[inline]
     fn flag(&self, key: &str) -> Option<&Flag> {
         self.flag_index
             .get(key)
