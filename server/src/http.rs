@@ -9,12 +9,14 @@ use allot::Context;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::handler::Handler as _;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get_service, post_service};
 use serde::Serialize;
 use serde_json::Value;
+use tower::Layer as _;
 
 use crate::error::ApiError;
 use crate::guard::{self, Guard};
@@ -39,18 +41,38 @@ pub fn router(service: Service) -> Router {
 
 /// The evaluation router behind `guard` (client tokens, concurrency limit, request timeout;
 /// see [`crate::guard`]), counting rejections in the service's metrics.
+///
+/// Built for a short per-request path: every `Router::layer` wraps each route in one more
+/// boxed service that axum clones, and whose future it boxes, on every request. So the routes
+/// carry no router layers (each endpoint's metrics wrap its own service,
+/// [`TrackLayer::route`]), and the guard, the body limit and OFREP's CORS wrap the whole
+/// route table once, as one unboxed tower stack behind a single fallback route.
 pub fn guarded(service: Service, guard: &Guard) -> Router {
-    let layer = guard.layer::<guard::Http>(service.metrics().map(|m| &**m));
-    Router::new()
-        .route("/v1/allocate", post(allocate))
-        .route("/v1/config", get(config))
-        .route_layer(TrackLayer::new(service.metrics()))
+    let metrics = service.metrics();
+    let routes = Router::new()
+        .route(
+            "/v1/allocate",
+            post_service(
+                TrackLayer::route(metrics, "/v1/allocate")
+                    .layer(allocate.with_state(service.clone())),
+            ),
+        )
+        .route(
+            "/v1/config",
+            get_service(
+                TrackLayer::route(metrics, "/v1/config").layer(config.with_state(service.clone())),
+            ),
+        )
+        .merge(crate::ofrep::routes(&service))
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(service.clone())
-        .merge(crate::ofrep::router(service))
-        .fallback(no_route)
-        .layer(layer)
+        .fallback(no_route);
+    let stack = (
+        guard.layer::<guard::Http>(metrics.map(|m| &**m)),
+        DefaultBodyLimit::max(MAX_BODY),
+        crate::ofrep::BrowserCorsLayer,
+    )
+        .layer(routes);
+    Router::new().fallback_service(stack)
 }
 
 /// The JSON 404 of a path no route matches (instead of axum's empty body).
@@ -67,15 +89,19 @@ pub async fn method_not_allowed(method: Method, uri: Uri) -> Response {
     .into_response()
 }
 
-async fn allocate(
-    State(service): State<Service>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn allocate(State(service): State<Service>, mut req: Request) -> Response {
+    let headers = take_headers(&mut req);
+    let body = Bytes::from_request(req, &()).await;
     match allocate_inner(&service, &headers, body) {
         Ok(res) => res,
         Err(e) => e.into_response(),
     }
+}
+
+/// The request's headers, moved out (axum's `HeaderMap` extractor clones the whole map). The
+/// body extractors read only the body and the extensions (the body limit).
+pub fn take_headers(req: &mut Request) -> HeaderMap {
+    std::mem::take(req.headers_mut())
 }
 
 fn allocate_inner(

@@ -11,22 +11,26 @@
 //! an `Origin` (browsers), so browser providers can call it. Like [`crate::http`], this module
 //! only decodes, calls [`Service`], and encodes.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::LazyLock;
+use std::task::Poll;
 
 use allot::{Context, ErrorCode, FlagType, Reason, Resolution};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::handler::Handler as _;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::post_service;
+use pin_project_lite::pin_project;
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tower::{Layer, ServiceExt};
-use tower_http::cors::{Any, CorsLayer};
+use tower::Layer;
+use tower_http::cors::{self, Any, Cors, CorsLayer};
 
 use crate::error::ApiError;
 use crate::http::{self, BAGGAGE, MAX_BODY, TRACEPARENT};
@@ -39,33 +43,125 @@ pub const SINGLE_ROUTE: &str = "/ofrep/v1/evaluate/flags/{key}";
 /// The bulk route.
 pub const BULK_ROUTE: &str = "/ofrep/v1/evaluate/flags";
 
-/// The OFREP routes, with request metrics, the body limit and CORS (any origin; `ETag` and
-/// `baggage` exposed). Merge into the evaluation router.
-pub fn router(service: Service) -> Router {
+/// The OFREP routes with their request metrics, without a body limit or CORS: merge into the
+/// evaluation router and wrap it in [`BrowserCorsLayer`] and `DefaultBodyLimit::max(MAX_BODY)`
+/// (as [`crate::http::guarded`] does).
+pub fn routes(service: &Service) -> Router {
+    let metrics = service.metrics();
     Router::new()
-        .route(SINGLE_ROUTE, post(single))
-        .route(BULK_ROUTE, post(bulk))
-        .route_layer(TrackLayer::new(service.metrics()))
-        // Before the CORS layer, so that it still answers preflights (OPTIONS).
-        .method_not_allowed_fallback(http::method_not_allowed)
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(middleware::from_fn(cors_for_browsers))
-        .with_state(service)
+        .route(
+            SINGLE_ROUTE,
+            post_service(
+                TrackLayer::route(metrics, SINGLE_ROUTE).layer(single.with_state(service.clone())),
+            ),
+        )
+        .route(
+            BULK_ROUTE,
+            post_service(
+                TrackLayer::route(metrics, BULK_ROUTE).layer(bulk.with_state(service.clone())),
+            ),
+        )
 }
 
-/// [`cors`] for requests that carry an `Origin`. Browsers send it on every cross-origin
-/// request and preflight (and on every `POST`); server-side providers do not, and skip the
-/// layer's per-response work (building and merging a `Vary` and the `access-control-*`
-/// headers, about a sixth of a single-flag evaluation). OFREP answers are `POST` responses,
-/// which shared caches do not store, so omitting `Vary: Origin` there is safe.
-async fn cors_for_browsers(req: Request, next: Next) -> Response {
-    static CORS: LazyLock<CorsLayer> = LazyLock::new(cors);
-    if !req.headers().contains_key(header::ORIGIN) {
-        return next.run(req).await;
+/// Whether `path` is one of the OFREP routes (as axum matches them: the single-flag key is one
+/// non-empty path segment).
+pub fn is_route(path: &str) -> bool {
+    path == BULK_ROUTE
+        || path
+            .strip_prefix(BULK_ROUTE)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .is_some_and(|key| !key.is_empty() && !key.contains('/'))
+}
+
+/// [`cors`] for requests to the OFREP routes ([`is_route`]) that carry an `Origin`. Browsers
+/// send it on every cross-origin request and preflight (and on every `POST`); server-side
+/// providers do not, and skip the layer's per-response work (building and merging a `Vary`
+/// and the `access-control-*` headers, about a sixth of a single-flag evaluation). OFREP
+/// answers are `POST` responses, which shared caches do not store, so omitting `Vary: Origin`
+/// there is safe. Wraps the whole route table once (no per-request boxing or cloning).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BrowserCorsLayer;
+
+/// The service of [`BrowserCorsLayer`].
+#[derive(Debug, Clone)]
+pub struct BrowserCors<S> {
+    inner: S,
+    cors: Cors<S>,
+}
+
+impl<S: Clone> Layer<S> for BrowserCorsLayer {
+    type Service = BrowserCors<S>;
+
+    fn layer(&self, inner: S) -> BrowserCors<S> {
+        static CORS: LazyLock<CorsLayer> = LazyLock::new(cors);
+        BrowserCors {
+            cors: CORS.layer(inner.clone()),
+            inner,
+        }
     }
-    match CORS.layer(next).oneshot(req).await {
-        Ok(res) => res,
-        Err(never) => match never {},
+}
+
+impl<S, B, R> tower::Service<Request<B>> for BrowserCors<S>
+where
+    S: tower::Service<Request<B>, Response = axum::http::Response<R>>,
+    R: Default,
+{
+    type Response = axum::http::Response<R>;
+    type Error = S::Error;
+    type Future = BrowserCorsFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), Self::Error>> {
+        std::task::ready!(self.inner.poll_ready(cx))?;
+        self.cors.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        if req.headers().contains_key(header::ORIGIN) && is_route(req.uri().path()) {
+            BrowserCorsFuture {
+                state: CorsState::Cors {
+                    inner: self.cors.call(req),
+                },
+            }
+        } else {
+            BrowserCorsFuture {
+                state: CorsState::Plain {
+                    inner: self.inner.call(req),
+                },
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`BrowserCors`].
+    pub struct BrowserCorsFuture<F> {
+        #[pin]
+        state: CorsState<F>,
+    }
+}
+
+pin_project! {
+    #[project = CorsStateProj]
+    enum CorsState<F> {
+        // Without CORS.
+        Plain { #[pin] inner: F },
+        // Through `cors()`.
+        Cors { #[pin] inner: cors::ResponseFuture<F> },
+    }
+}
+
+impl<F, R, E> Future for BrowserCorsFuture<F>
+where
+    F: Future<Output = Result<axum::http::Response<R>, E>>,
+    R: Default,
+{
+    type Output = Result<axum::http::Response<R>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            CorsStateProj::Plain { inner } => inner.poll(cx),
+            CorsStateProj::Cors { inner } => inner.poll(cx),
+        }
     }
 }
 
@@ -350,9 +446,10 @@ fn json_response(status: StatusCode, json: Vec<u8>) -> Response {
 async fn single(
     State(service): State<Service>,
     key: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    mut req: Request,
 ) -> Response {
+    let headers = http::take_headers(&mut req);
+    let body = Bytes::from_request(req, &()).await;
     // A key that does not percent-decode to UTF-8 gets an OFREP body too, not axum's text.
     let key = match key {
         Ok(Path(key)) => key,
@@ -393,11 +490,9 @@ async fn single(
     }
 }
 
-async fn bulk(
-    State(service): State<Service>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn bulk(State(service): State<Service>, mut req: Request) -> Response {
+    let headers = http::take_headers(&mut req);
+    let body = Bytes::from_request(req, &()).await;
     let ctx = match body
         .map_err(|e| http::body_error(e, MAX_BODY))
         .and_then(|b| context_of(&b))
@@ -426,4 +521,68 @@ async fn bulk(
     };
     res.headers_mut().insert(header::ETAG, etag);
     with_baggage(res, &baggage)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::service::Limits;
+    use crate::state::ConfigStore;
+
+    /// CORS applies exactly where axum matches an OFREP route (any method, preflights too),
+    /// and nowhere else: [`is_route`] against the router's own matching.
+    #[tokio::test]
+    async fn cors_applies_to_the_ofrep_routes_only() {
+        let store = Arc::new(ConfigStore::new());
+        store
+            .apply(&crate::source::embedded().unwrap(), None, None)
+            .unwrap();
+        let app = http::router(Service::new(store, Limits::default()));
+        let cases = [
+            ("/ofrep/v1/evaluate/flags", true),
+            ("/ofrep/v1/evaluate/flags/prefetch", true),
+            ("/ofrep/v1/evaluate/flags/no-such-flag", true),
+            ("/ofrep/v1/evaluate/flags/a%2Fb", true),
+            ("/ofrep/v1/evaluate/flags/%FF", true),
+            ("/ofrep/v1/evaluate/flags/", false),
+            ("/ofrep/v1/evaluate/flags//", false),
+            ("/ofrep/v1/evaluate/flags/a/b", false),
+            ("/ofrep/v1/evaluate/flagsx", false),
+            ("/ofrep/v1/evaluate", false),
+            ("/v1/allocate", false),
+            ("/nowhere", false),
+        ];
+        for (path, route) in cases {
+            assert_eq!(is_route(path), route, "{path}");
+            for method in [Method::POST, Method::GET, Method::OPTIONS] {
+                let req = axum::http::Request::builder()
+                    .method(method.clone())
+                    .uri(path)
+                    .header(header::ORIGIN, "https://app.example")
+                    .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Body::from(r#"{"context":{"targetingKey":"u"}}"#))
+                    .unwrap();
+                let res = app.clone().oneshot(req).await.unwrap();
+                let status = res.status();
+                let cors = res
+                    .headers()
+                    .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN);
+                let body = res.into_body().collect().await.unwrap().to_bytes();
+                assert_eq!(cors, route, "{method} {path}: {status} {body:?}");
+                // What axum routes: an unknown path is the JSON 404 of `no_route`.
+                let unknown = status == StatusCode::NOT_FOUND
+                    && String::from_utf8_lossy(&body).contains("no route for");
+                if path.starts_with("/ofrep/") {
+                    assert_eq!(unknown, !route, "{method} {path}: {status} {body:?}");
+                }
+            }
+        }
+    }
 }
