@@ -34,6 +34,7 @@ use tower_http::cors::{self, Any, Cors, CorsLayer};
 
 use crate::error::ApiError;
 use crate::http::{self, BAGGAGE, MAX_BODY, TRACEPARENT};
+use crate::render::{self, RenderCache};
 use crate::service::{AllocateView, RequestMeta, Service};
 use crate::track::TrackLayer;
 
@@ -398,6 +399,77 @@ fn to_json<T: Serialize>(value: &T, capacity: usize) -> serde_json::Result<Vec<u
     Ok(out)
 }
 
+/// One flag's OFREP entry, the bytes of `serde_json` of [`Entry`]: from `cache`'s fragment
+/// when it has one for `r` (`hint`: the flag's expected position in config order), else (and
+/// for errors) through [`Entry`] itself.
+fn write_entry(
+    out: &mut Vec<u8>,
+    cache: Option<&RenderCache>,
+    hint: usize,
+    r: &Resolution<'_>,
+    revision: u64,
+) -> serde_json::Result<()> {
+    let prefix = match cache.and_then(|c| c.ofrep_prefix(hint, r)) {
+        Some(prefix) if r.reason != Reason::Error => prefix,
+        _ => return serde_json::to_writer(out, &Entry { r, revision }),
+    };
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(r.reason.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"metadata\":{");
+    if let Some(a) = &r.assignment {
+        out.extend_from_slice(b"\"experiment\":");
+        render::push_str(out, a.experiment)?;
+        out.extend_from_slice(b",\"cell\":");
+        render::push_str(out, a.cell)?;
+        out.extend_from_slice(b",\"layer\":");
+        render::push_str(out, a.layer)?;
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"revision\":");
+    render::push_u64(out, revision);
+    out.extend_from_slice(b"}}");
+    Ok(())
+}
+
+/// The single-flag answer for `r`, the flag of `view`: the bytes of `serde_json` of [`Entry`],
+/// written from `cache` (rendered for `view.snapshot`) when given.
+pub(crate) fn single_json(
+    view: &AllocateView<'_>,
+    r: &Resolution<'_>,
+    cache: Option<&RenderCache>,
+) -> serde_json::Result<Vec<u8>> {
+    let cache = cache.filter(|c| c.is_for(view.snapshot));
+    let revision = view.snapshot.revision();
+    let mut out = Vec::with_capacity(ENTRY_BYTES);
+    let hint = cache.map_or(0, |c| c.position(r.key));
+    write_entry(&mut out, cache, hint, r, revision)?;
+    Ok(out)
+}
+
+/// The bulk answer of `view`: the bytes of `serde_json` of [`Bulk`], written from `cache`
+/// (rendered for `view.snapshot`) when given.
+pub(crate) fn bulk_json(
+    view: &AllocateView<'_>,
+    cache: Option<&RenderCache>,
+) -> serde_json::Result<Vec<u8>> {
+    let Some(cache) = cache.filter(|c| c.is_for(view.snapshot)) else {
+        return to_json(&Bulk(view), 64 + ENTRY_BYTES * view.flags.len());
+    };
+    let revision = view.snapshot.revision();
+    let mut out = Vec::with_capacity(cache.ofrep_capacity());
+    out.extend_from_slice(b"{\"flags\":[");
+    for (i, r) in view.flags.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_entry(&mut out, Some(cache), i, r, revision)?;
+    }
+    out.extend_from_slice(b"],\"metadata\":{\"revision\":");
+    render::push_u64(&mut out, revision);
+    out.extend_from_slice(b"}}");
+    Ok(out)
+}
+
 /// Bytes reserved for one flag's OFREP entry (the demo's average is about 120).
 const ENTRY_BYTES: usize = 192;
 
@@ -423,8 +495,14 @@ fn meta(headers: &HeaderMap) -> RequestMeta<'_> {
     RequestMeta::http(headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()))
 }
 
-fn with_baggage(mut res: Response, baggage: &str) -> Response {
-    if let Ok(v) = HeaderValue::try_from(baggage) {
+/// The outgoing `baggage` header value, built while the view is borrowed (no `String` copy);
+/// `None` if it is not a valid header value.
+fn baggage_header(view: &AllocateView<'_>) -> Option<HeaderValue> {
+    HeaderValue::try_from(view.baggage.as_str()).ok()
+}
+
+fn with_baggage(mut res: Response, baggage: Option<HeaderValue>) -> Response {
+    if let Some(v) = baggage {
         res.headers_mut()
             .insert(HeaderName::from_static(BAGGAGE), v);
     }
@@ -467,20 +545,22 @@ async fn single(
     };
     let keys = [key];
     let result = service.evaluate_with(&ctx, &keys, &incoming(&headers), meta(&headers), |v| {
-        let revision = v.snapshot.revision();
         let encoded = v.flags.first().map(|r| {
-            let status = match flag_error(r) {
-                Some(_) => StatusCode::BAD_REQUEST,
-                None => StatusCode::OK,
+            let status = match r.reason {
+                Reason::Error => StatusCode::BAD_REQUEST,
+                _ => StatusCode::OK,
             };
-            (status, to_json(&Entry { r, revision }, ENTRY_BYTES))
+            let json = service
+                .with_render(v.snapshot, |cache| single_json(v, r, Some(cache)))
+                .and_then(|json| json);
+            (status, json)
         });
-        (encoded, v.baggage.clone())
+        (encoded, baggage_header(v))
     });
     let [key] = keys;
     match result {
         Ok((Some((status, Ok(json))), baggage)) => {
-            with_baggage(json_response(status, json), &baggage)
+            with_baggage(json_response(status, json), baggage)
         }
         Ok((Some((_, Err(e))), _)) => {
             error_response(Some(&key), &ApiError::Internal(format!("encoding: {e}")))
@@ -505,9 +585,13 @@ async fn bulk(State(service): State<Service>, mut req: Request) -> Response {
         let json = if http::if_none_match(&headers, &etag) {
             None
         } else {
-            Some(to_json(&Bulk(v), 64 + ENTRY_BYTES * v.flags.len()))
+            Some(
+                service
+                    .with_render(v.snapshot, |cache| bulk_json(v, Some(cache)))
+                    .and_then(|json| json),
+            )
         };
-        (etag, json, v.baggage.clone())
+        (etag, json, baggage_header(v))
     });
     let (etag, json, baggage) = match result {
         Ok(parts) => parts,
@@ -520,7 +604,7 @@ async fn bulk(State(service): State<Service>, mut req: Request) -> Response {
         Some(Err(e)) => return error_response(None, &ApiError::Internal(format!("encoding: {e}"))),
     };
     res.headers_mut().insert(header::ETAG, etag);
-    with_baggage(res, &baggage)
+    with_baggage(res, baggage)
 }
 
 #[cfg(test)]
