@@ -10,19 +10,19 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
-use axum::handler::Handler as _;
+use axum::handler::{Handler as _, HandlerWithoutStateExt as _};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get_service, post_service};
 use serde::Serialize;
 use serde_json::Value;
-use tower::Layer as _;
+use tower::Layer;
 
 use crate::error::ApiError;
 use crate::guard::{self, Guard};
 use crate::service::{RequestMeta, Service};
 use crate::state::ConfigStore;
-use crate::track::TrackLayer;
+use crate::track::{Track, TrackLayer};
 
 /// Largest `/v1/allocate` body accepted: 1 MiB.
 pub const MAX_BODY: usize = 1 << 20;
@@ -43,36 +43,45 @@ pub fn router(service: Service) -> Router {
 /// see [`crate::guard`]), counting rejections in the service's metrics.
 ///
 /// Built for a short per-request path: every `Router::layer` wraps each route in one more
-/// boxed service that axum clones, and whose future it boxes, on every request. So the routes
-/// carry no router layers (each endpoint's metrics wrap its own service,
-/// [`TrackLayer::route`]), and the guard, the body limit and OFREP's CORS wrap the whole
-/// route table once, as one unboxed tower stack behind a single fallback route.
+/// boxed service that axum clones (with everything inside it) and whose future it boxes, on
+/// every request. So the layers of each route (the guard, the body limit, the endpoint's
+/// metrics; OFREP: CORS) are composed into one unboxed tower stack around its handler
+/// ([`endpoint`]), and the 405 and 404 fallbacks get theirs: one boxed level per request.
 pub fn guarded(service: Service, guard: &Guard) -> Router {
     let metrics = service.metrics();
-    let routes = Router::new()
+    let guard = guard.layer::<guard::Http>(metrics.map(|m| &**m));
+    let limit = DefaultBodyLimit::max(MAX_BODY);
+    let not_allowed = (guard.clone(), limit).layer(method_not_allowed.into_service());
+    Router::new()
         .route(
             "/v1/allocate",
-            post_service(
-                TrackLayer::route(metrics, "/v1/allocate")
-                    .layer(allocate.with_state(service.clone())),
-            ),
+            post_service(endpoint(
+                (guard.clone(), limit),
+                TrackLayer::route(metrics, "/v1/allocate"),
+                allocate.with_state(service.clone()),
+            ))
+            .fallback_service(not_allowed.clone()),
         )
         .route(
             "/v1/config",
-            get_service(
-                TrackLayer::route(metrics, "/v1/config").layer(config.with_state(service.clone())),
-            ),
+            get_service(endpoint(
+                (guard.clone(), limit),
+                TrackLayer::route(metrics, "/v1/config"),
+                config.with_state(service.clone()),
+            ))
+            .fallback_service(not_allowed),
         )
-        .merge(crate::ofrep::routes(&service))
-        .method_not_allowed_fallback(method_not_allowed)
-        .fallback(no_route);
-    let stack = (
-        guard.layer::<guard::Http>(metrics.map(|m| &**m)),
-        DefaultBodyLimit::max(MAX_BODY),
-        crate::ofrep::BrowserCorsLayer,
-    )
-        .layer(routes);
-    Router::new().fallback_service(stack)
+        .merge(crate::ofrep::routes(&service, &guard))
+        .fallback_service(guard.layer(no_route.into_service()))
+}
+
+/// One endpoint's service: `outer` (the guard and what else wraps the whole route), then its
+/// metrics, around the handler.
+pub fn endpoint<L, H>(outer: L, track: TrackLayer, handler: H) -> L::Service
+where
+    L: Layer<Track<H>>,
+{
+    outer.layer(track.layer(handler))
 }
 
 /// The JSON 404 of a path no route matches (instead of axum's empty body).

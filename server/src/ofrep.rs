@@ -20,8 +20,8 @@ use allot::{Context, ErrorCode, FlagType, Reason, Resolution};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{FromRequest, Path, Request, State};
-use axum::handler::Handler as _;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::handler::{Handler as _, HandlerWithoutStateExt as _};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post_service;
@@ -33,6 +33,7 @@ use tower::Layer;
 use tower_http::cors::{self, Any, Cors, CorsLayer};
 
 use crate::error::ApiError;
+use crate::guard::{self, GuardLayer};
 use crate::http::{self, BAGGAGE, MAX_BODY, TRACEPARENT};
 use crate::render::{self, RenderCache};
 use crate::service::{AllocateView, RequestMeta, Service};
@@ -44,42 +45,45 @@ pub const SINGLE_ROUTE: &str = "/ofrep/v1/evaluate/flags/{key}";
 /// The bulk route.
 pub const BULK_ROUTE: &str = "/ofrep/v1/evaluate/flags";
 
-/// The OFREP routes with their request metrics, without a body limit or CORS: merge into the
-/// evaluation router and wrap it in [`BrowserCorsLayer`] and `DefaultBodyLimit::max(MAX_BODY)`
-/// (as [`crate::http::guarded`] does).
-pub fn routes(service: &Service) -> Router {
+/// The OFREP routes behind `guard`, each with CORS ([`BrowserCorsLayer`]), the body limit and
+/// its request metrics (composed as in [`crate::http::guarded`]); merge into the evaluation
+/// router.
+pub fn routes(service: &Service, guard: &GuardLayer<guard::Http>) -> Router {
     let metrics = service.metrics();
+    let outer = (
+        guard.clone(),
+        BrowserCorsLayer,
+        DefaultBodyLimit::max(MAX_BODY),
+    );
+    // Preflights (`OPTIONS`) reach the fallback, where CORS answers them.
+    let not_allowed = outer.clone().layer(http::method_not_allowed.into_service());
     Router::new()
         .route(
             SINGLE_ROUTE,
-            post_service(
-                TrackLayer::route(metrics, SINGLE_ROUTE).layer(single.with_state(service.clone())),
-            ),
+            post_service(http::endpoint(
+                outer.clone(),
+                TrackLayer::route(metrics, SINGLE_ROUTE),
+                single.with_state(service.clone()),
+            ))
+            .fallback_service(not_allowed.clone()),
         )
         .route(
             BULK_ROUTE,
-            post_service(
-                TrackLayer::route(metrics, BULK_ROUTE).layer(bulk.with_state(service.clone())),
-            ),
+            post_service(http::endpoint(
+                outer,
+                TrackLayer::route(metrics, BULK_ROUTE),
+                bulk.with_state(service.clone()),
+            ))
+            .fallback_service(not_allowed),
         )
 }
 
-/// Whether `path` is one of the OFREP routes (as axum matches them: the single-flag key is one
-/// non-empty path segment).
-pub fn is_route(path: &str) -> bool {
-    path == BULK_ROUTE
-        || path
-            .strip_prefix(BULK_ROUTE)
-            .and_then(|rest| rest.strip_prefix('/'))
-            .is_some_and(|key| !key.is_empty() && !key.contains('/'))
-}
-
-/// [`cors`] for requests to the OFREP routes ([`is_route`]) that carry an `Origin`. Browsers
-/// send it on every cross-origin request and preflight (and on every `POST`); server-side
-/// providers do not, and skip the layer's per-response work (building and merging a `Vary`
-/// and the `access-control-*` headers, about a sixth of a single-flag evaluation). OFREP
-/// answers are `POST` responses, which shared caches do not store, so omitting `Vary: Origin`
-/// there is safe. Wraps the whole route table once (no per-request boxing or cloning).
+/// [`cors`] for requests that carry an `Origin`. Browsers send it on every cross-origin request
+/// and preflight (and on every `POST`); server-side providers do not, and skip the layer's
+/// per-response work (building and merging a `Vary` and the `access-control-*` headers, about
+/// a sixth of a single-flag evaluation). OFREP answers are `POST` responses, which shared
+/// caches do not store, so omitting `Vary: Origin` there is safe. A plain tower layer (no
+/// per-request boxing or cloning, unlike `axum::middleware::from_fn`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BrowserCorsLayer;
 
@@ -117,7 +121,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        if req.headers().contains_key(header::ORIGIN) && is_route(req.uri().path()) {
+        if req.headers().contains_key(header::ORIGIN) {
             BrowserCorsFuture {
                 state: CorsState::Cors {
                     inner: self.cors.call(req),
@@ -620,7 +624,7 @@ mod tests {
     use crate::state::ConfigStore;
 
     /// CORS applies exactly where axum matches an OFREP route (any method, preflights too),
-    /// and nowhere else: [`is_route`] against the router's own matching.
+    /// and nowhere else.
     #[tokio::test]
     async fn cors_applies_to_the_ofrep_routes_only() {
         let store = Arc::new(ConfigStore::new());
@@ -643,7 +647,6 @@ mod tests {
             ("/nowhere", false),
         ];
         for (path, route) in cases {
-            assert_eq!(is_route(path), route, "{path}");
             for method in [Method::POST, Method::GET, Method::OPTIONS] {
                 let req = axum::http::Request::builder()
                     .method(method.clone())
@@ -655,6 +658,14 @@ mod tests {
                     .unwrap();
                 let res = app.clone().oneshot(req).await.unwrap();
                 let status = res.status();
+                // As every route's fallback answer (axum adds it), preflights included.
+                if route && method != Method::POST {
+                    assert_eq!(
+                        res.headers().get(header::ALLOW).map(HeaderValue::as_bytes),
+                        Some(&b"POST"[..]),
+                        "{method} {path}"
+                    );
+                }
                 let cors = res
                     .headers()
                     .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN);
