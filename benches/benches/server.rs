@@ -1,6 +1,6 @@
 //! Criterion benches of the server's handler path (issue 3, "Speed": decode → allocate → encode,
 //! in-process, no socket, ≤ 5 µs for the demo config; issue 4: OFREP single flag ≤ 5 µs, bulk
-//! ≤ 15 µs); numbers in BENCHMARKS.md.
+//! ≤ 15 µs; issue 7: OFREP bulk over 100 flags ≤ 40 µs of server CPU); numbers in BENCHMARKS.md.
 //!
 //! Every request is built outside the timed region (`iter_batched`), from one of [`N`]
 //! precomputed bodies, so the caches and branch predictor see many distinct units. The service
@@ -12,7 +12,7 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
-use allot::Context;
+use allot::{Config, Context};
 use allot_proto::allot::v1 as pb;
 use allot_proto::allot::v1::allocator_server::Allocator;
 use allot_proto::convert::json_map_to_struct;
@@ -32,6 +32,11 @@ use prost::Message;
 use serde_json::{Map, Value, json};
 use tokio::sync::watch;
 use tower::ServiceExt;
+
+/// The server binary's global allocator (`server/src/main.rs`), so the handler path is measured
+/// as it runs; the floor runs on it too.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Distinct request bodies rotated per iteration (a power of two so the index is a mask).
 const N: usize = 1024;
@@ -97,10 +102,34 @@ fn contexts() -> Vec<Context> {
 
 /// The service as `app::start` builds it over the embedded demo config.
 fn demo_service(metrics: bool) -> Service {
+    service_over(
+        &source::embedded().expect("the demo config parses"),
+        metrics,
+    )
+}
+
+/// The 100-flag config of the load-test suite, from `scripts/gen-config.py flags` (so the
+/// bench and `scripts/bench-server.sh` serve the same document).
+fn hundred_flags_config() -> Config {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/gen-config.py");
+    let out = std::process::Command::new("python3")
+        .args([script, "flags"])
+        .output()
+        .expect("python3 runs scripts/gen-config.py");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc = String::from_utf8(out.stdout).expect("UTF-8 JSON");
+    Config::parse(&doc).expect("the 100-flag config parses")
+}
+
+/// The service as `app::start` builds it over `config`.
+fn service_over(config: &Config, metrics: bool) -> Service {
     let store = Arc::new(ConfigStore::new());
-    let config = source::embedded().expect("the demo config parses");
     store
-        .apply(&config, None, None)
+        .apply(config, None, None)
         .expect("the demo config compiles");
     let service = Service::new(store, Limits::default());
     if metrics {
@@ -198,6 +227,7 @@ fn benches(c: &mut Criterion) {
         .map(|k| format!("/ofrep/v1/evaluate/flags/{k}"))
         .collect();
     let bare_app = router(demo_service(false));
+    let hundred = router(service_over(&hundred_flags_config(), true));
     let hello = hello_router();
 
     // Every path answers successfully before anything is timed.
@@ -233,6 +263,15 @@ fn benches(c: &mut Criterion) {
         assert_eq!(v["flags"].as_array().map(Vec::len), Some(single_uris.len()));
         assert!(v["flags"][0]["value"].is_boolean(), "{v}");
         eprintln!("server/ofrep_bulk_demo: response body {} bytes", body.len());
+        let (status, body) = oneshot(&hundred, post_json(BULK, &bodies[0], false)).await;
+        assert_eq!(status, StatusCode::OK);
+        let v: Value = serde_json::from_slice(&body).expect("JSON response");
+        assert_eq!(v["flags"].as_array().map(Vec::len), Some(100));
+        assert!(v["flags"][99]["value"].is_boolean(), "{v}");
+        eprintln!(
+            "server/ofrep_bulk_100_flags: response body {} bytes",
+            body.len()
+        );
     });
 
     let mut g = c.benchmark_group("server");
@@ -294,6 +333,19 @@ fn benches(c: &mut Criterion) {
                 post_json(BULK, &bodies[i & MASK], false)
             },
             |req| oneshot(&app, black_box(req)),
+            BatchSize::SmallInput,
+        );
+    });
+
+    // Issue 7's bulk target: OFREP bulk over the 100-flag config of the load-test suite.
+    g.bench_function("ofrep_bulk_100_flags", |b| {
+        let mut i = 0usize;
+        b.to_async(&rt).iter_batched(
+            || {
+                i = i.wrapping_add(1);
+                post_json(BULK, &bodies[i & MASK], false)
+            },
+            |req| oneshot(&hundred, black_box(req)),
             BatchSize::SmallInput,
         );
     });

@@ -9,18 +9,20 @@ use allot::Context;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::handler::{Handler as _, HandlerWithoutStateExt as _};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get_service, post_service};
 use serde::Serialize;
 use serde_json::Value;
+use tower::Layer;
 
 use crate::error::ApiError;
 use crate::guard::{self, Guard};
 use crate::service::{RequestMeta, Service};
 use crate::state::ConfigStore;
-use crate::track::TrackLayer;
+use crate::track::{Track, TrackLayer};
 
 /// Largest `/v1/allocate` body accepted: 1 MiB.
 pub const MAX_BODY: usize = 1 << 20;
@@ -39,18 +41,47 @@ pub fn router(service: Service) -> Router {
 
 /// The evaluation router behind `guard` (client tokens, concurrency limit, request timeout;
 /// see [`crate::guard`]), counting rejections in the service's metrics.
+///
+/// Built for a short per-request path: every `Router::layer` wraps each route in one more
+/// boxed service that axum clones (with everything inside it) and whose future it boxes, on
+/// every request. So the layers of each route (the guard, the body limit, the endpoint's
+/// metrics; OFREP: CORS) are composed into one unboxed tower stack around its handler
+/// ([`endpoint`]), and the 405 and 404 fallbacks get theirs: one boxed level per request.
 pub fn guarded(service: Service, guard: &Guard) -> Router {
-    let layer = guard.layer::<guard::Http>(service.metrics().map(|m| &**m));
+    let metrics = service.metrics();
+    let guard = guard.layer::<guard::Http>(metrics.map(|m| &**m));
+    let limit = DefaultBodyLimit::max(MAX_BODY);
+    let not_allowed = (guard.clone(), limit).layer(method_not_allowed.into_service());
     Router::new()
-        .route("/v1/allocate", post(allocate))
-        .route("/v1/config", get(config))
-        .route_layer(TrackLayer::new(service.metrics()))
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(service.clone())
-        .merge(crate::ofrep::router(service))
-        .fallback(no_route)
-        .layer(layer)
+        .route(
+            "/v1/allocate",
+            post_service(endpoint(
+                (guard.clone(), limit),
+                TrackLayer::route(metrics, "/v1/allocate"),
+                allocate.with_state(service.clone()),
+            ))
+            .fallback_service(not_allowed.clone()),
+        )
+        .route(
+            "/v1/config",
+            get_service(endpoint(
+                (guard.clone(), limit),
+                TrackLayer::route(metrics, "/v1/config"),
+                config.with_state(service.clone()),
+            ))
+            .fallback_service(not_allowed),
+        )
+        .merge(crate::ofrep::routes(&service, &guard))
+        .fallback_service(guard.layer(no_route.into_service()))
+}
+
+/// One endpoint's service: `outer` (the guard and what else wraps the whole route), then its
+/// metrics, around the handler.
+pub fn endpoint<L, H>(outer: L, track: TrackLayer, handler: H) -> L::Service
+where
+    L: Layer<Track<H>>,
+{
+    outer.layer(track.layer(handler))
 }
 
 /// The JSON 404 of a path no route matches (instead of axum's empty body).
@@ -67,15 +98,19 @@ pub async fn method_not_allowed(method: Method, uri: Uri) -> Response {
     .into_response()
 }
 
-async fn allocate(
-    State(service): State<Service>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn allocate(State(service): State<Service>, mut req: Request) -> Response {
+    let headers = take_headers(&mut req);
+    let body = Bytes::from_request(req, &()).await;
     match allocate_inner(&service, &headers, body) {
         Ok(res) => res,
         Err(e) => e.into_response(),
     }
+}
+
+/// The request's headers, moved out (axum's `HeaderMap` extractor clones the whole map). The
+/// body extractors read only the body and the extensions (the body limit).
+pub fn take_headers(req: &mut Request) -> HeaderMap {
+    std::mem::take(req.headers_mut())
 }
 
 fn allocate_inner(

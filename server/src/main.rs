@@ -7,6 +7,12 @@ use clap::Parser;
 use allot_server::app;
 use allot_server::settings::Settings;
 
+/// mimalloc rather than glibc's malloc: a request makes a few dozen small allocations (the
+/// context's strings, axum's boxed routes and futures, header maps, the response buffer), which
+/// mimalloc serves in far fewer instructions (BENCHMARKS.md, "Server handler path").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::parse();

@@ -17,6 +17,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use xxhash_rust::xxh3::Xxh3DefaultBuilder;
 
 use crate::state::{ConfigStore, Source};
 
@@ -126,8 +127,13 @@ struct HotRequest {
 struct AllocTable {
     revision: u64,
     content_hash: u64,
-    experiments: HashMap<Box<str>, Vec<(Box<str>, Counter)>>,
+    /// XXH3 rather than SipHash: the keys are the config's own ids (no flooding to defend
+    /// against), looked up once per allocated layer per request.
+    experiments: HashMap<Box<str>, CellCounters, Xxh3DefaultBuilder>,
 }
+
+/// One experiment's cells and their counters.
+type CellCounters = Vec<(Box<str>, Counter)>;
 
 // === impl Metrics ===
 
@@ -282,19 +288,20 @@ impl Metrics {
             return;
         }
         let guard = self.table.load();
+        let built;
         let table = match &*guard {
             Some(t)
                 if t.revision == snapshot.revision()
                     && t.content_hash == snapshot.content_hash() =>
             {
-                t.clone()
+                &**t
             }
             // First request on a new revision: resolve its counters once. Racing builders
             // produce equal tables over the same shared counters.
             _ => {
-                let t = Arc::new(self.table_for(snapshot));
-                self.table.store(Some(t.clone()));
-                t
+                built = Arc::new(self.table_for(snapshot));
+                self.table.store(Some(built.clone()));
+                &*built
             }
         };
         for a in allocation.assignments() {

@@ -11,25 +11,31 @@
 //! an `Origin` (browsers), so browser providers can call it. Like [`crate::http`], this module
 //! only decodes, calls [`Service`], and encodes.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::LazyLock;
+use std::task::Poll;
 
 use allot::{Context, ErrorCode, FlagType, Reason, Resolution};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::handler::{Handler as _, HandlerWithoutStateExt as _};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::post_service;
+use pin_project_lite::pin_project;
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tower::{Layer, ServiceExt};
-use tower_http::cors::{Any, CorsLayer};
+use tower::Layer;
+use tower_http::cors::{self, Any, Cors, CorsLayer};
 
 use crate::error::ApiError;
+use crate::guard::{self, GuardLayer};
 use crate::http::{self, BAGGAGE, MAX_BODY, TRACEPARENT};
+use crate::render::{self, RenderCache};
 use crate::service::{AllocateView, RequestMeta, Service};
 use crate::track::TrackLayer;
 
@@ -39,33 +45,128 @@ pub const SINGLE_ROUTE: &str = "/ofrep/v1/evaluate/flags/{key}";
 /// The bulk route.
 pub const BULK_ROUTE: &str = "/ofrep/v1/evaluate/flags";
 
-/// The OFREP routes, with request metrics, the body limit and CORS (any origin; `ETag` and
-/// `baggage` exposed). Merge into the evaluation router.
-pub fn router(service: Service) -> Router {
+/// The OFREP routes behind `guard`, each with CORS ([`BrowserCorsLayer`]), the body limit and
+/// its request metrics (composed as in [`crate::http::guarded`]); merge into the evaluation
+/// router.
+pub fn routes(service: &Service, guard: &GuardLayer<guard::Http>) -> Router {
+    let metrics = service.metrics();
+    let outer = (
+        guard.clone(),
+        BrowserCorsLayer,
+        DefaultBodyLimit::max(MAX_BODY),
+    );
+    // Preflights (`OPTIONS`) reach the fallback, where CORS answers them.
+    let not_allowed = outer.clone().layer(http::method_not_allowed.into_service());
     Router::new()
-        .route(SINGLE_ROUTE, post(single))
-        .route(BULK_ROUTE, post(bulk))
-        .route_layer(TrackLayer::new(service.metrics()))
-        // Before the CORS layer, so that it still answers preflights (OPTIONS).
-        .method_not_allowed_fallback(http::method_not_allowed)
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(middleware::from_fn(cors_for_browsers))
-        .with_state(service)
+        .route(
+            SINGLE_ROUTE,
+            post_service(http::endpoint(
+                outer.clone(),
+                TrackLayer::route(metrics, SINGLE_ROUTE),
+                single.with_state(service.clone()),
+            ))
+            .fallback_service(not_allowed.clone()),
+        )
+        .route(
+            BULK_ROUTE,
+            post_service(http::endpoint(
+                outer,
+                TrackLayer::route(metrics, BULK_ROUTE),
+                bulk.with_state(service.clone()),
+            ))
+            .fallback_service(not_allowed),
+        )
 }
 
-/// [`cors`] for requests that carry an `Origin`. Browsers send it on every cross-origin
-/// request and preflight (and on every `POST`); server-side providers do not, and skip the
-/// layer's per-response work (building and merging a `Vary` and the `access-control-*`
-/// headers, about a sixth of a single-flag evaluation). OFREP answers are `POST` responses,
-/// which shared caches do not store, so omitting `Vary: Origin` there is safe.
-async fn cors_for_browsers(req: Request, next: Next) -> Response {
-    static CORS: LazyLock<CorsLayer> = LazyLock::new(cors);
-    if !req.headers().contains_key(header::ORIGIN) {
-        return next.run(req).await;
+/// [`cors`] for requests that carry an `Origin`. Browsers send it on every cross-origin request
+/// and preflight (and on every `POST`); server-side providers do not, and skip the layer's
+/// per-response work (building and merging a `Vary` and the `access-control-*` headers, about
+/// a sixth of a single-flag evaluation). OFREP answers are `POST` responses, which shared
+/// caches do not store, so omitting `Vary: Origin` there is safe. A plain tower layer (no
+/// per-request boxing or cloning, unlike `axum::middleware::from_fn`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BrowserCorsLayer;
+
+/// The service of [`BrowserCorsLayer`].
+#[derive(Debug, Clone)]
+pub struct BrowserCors<S> {
+    inner: S,
+    cors: Cors<S>,
+}
+
+impl<S: Clone> Layer<S> for BrowserCorsLayer {
+    type Service = BrowserCors<S>;
+
+    fn layer(&self, inner: S) -> BrowserCors<S> {
+        static CORS: LazyLock<CorsLayer> = LazyLock::new(cors);
+        BrowserCors {
+            cors: CORS.layer(inner.clone()),
+            inner,
+        }
     }
-    match CORS.layer(next).oneshot(req).await {
-        Ok(res) => res,
-        Err(never) => match never {},
+}
+
+impl<S, B, R> tower::Service<Request<B>> for BrowserCors<S>
+where
+    S: tower::Service<Request<B>, Response = axum::http::Response<R>>,
+    R: Default,
+{
+    type Response = axum::http::Response<R>;
+    type Error = S::Error;
+    type Future = BrowserCorsFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), Self::Error>> {
+        std::task::ready!(self.inner.poll_ready(cx))?;
+        self.cors.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        if req.headers().contains_key(header::ORIGIN) {
+            BrowserCorsFuture {
+                state: CorsState::Cors {
+                    inner: self.cors.call(req),
+                },
+            }
+        } else {
+            BrowserCorsFuture {
+                state: CorsState::Plain {
+                    inner: self.inner.call(req),
+                },
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`BrowserCors`].
+    pub struct BrowserCorsFuture<F> {
+        #[pin]
+        state: CorsState<F>,
+    }
+}
+
+pin_project! {
+    #[project = CorsStateProj]
+    enum CorsState<F> {
+        // Without CORS.
+        Plain { #[pin] inner: F },
+        // Through `cors()`.
+        Cors { #[pin] inner: cors::ResponseFuture<F> },
+    }
+}
+
+impl<F, R, E> Future for BrowserCorsFuture<F>
+where
+    F: Future<Output = Result<axum::http::Response<R>, E>>,
+    R: Default,
+{
+    type Output = Result<axum::http::Response<R>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            CorsStateProj::Plain { inner } => inner.poll(cx),
+            CorsStateProj::Cors { inner } => inner.poll(cx),
+        }
     }
 }
 
@@ -302,6 +403,77 @@ fn to_json<T: Serialize>(value: &T, capacity: usize) -> serde_json::Result<Vec<u
     Ok(out)
 }
 
+/// One flag's OFREP entry, the bytes of `serde_json` of [`Entry`]: from `cache`'s fragment
+/// when it has one for `r` (`hint`: the flag's expected position in config order), else (and
+/// for errors) through [`Entry`] itself.
+fn write_entry(
+    out: &mut Vec<u8>,
+    cache: Option<&RenderCache>,
+    hint: usize,
+    r: &Resolution<'_>,
+    revision: u64,
+) -> serde_json::Result<()> {
+    let prefix = match cache.and_then(|c| c.ofrep_prefix(hint, r)) {
+        Some(prefix) if r.reason != Reason::Error => prefix,
+        _ => return serde_json::to_writer(out, &Entry { r, revision }),
+    };
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(r.reason.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"metadata\":{");
+    if let Some(a) = &r.assignment {
+        out.extend_from_slice(b"\"experiment\":");
+        render::push_str(out, a.experiment)?;
+        out.extend_from_slice(b",\"cell\":");
+        render::push_str(out, a.cell)?;
+        out.extend_from_slice(b",\"layer\":");
+        render::push_str(out, a.layer)?;
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"revision\":");
+    render::push_u64(out, revision);
+    out.extend_from_slice(b"}}");
+    Ok(())
+}
+
+/// The single-flag answer for `r`, the flag of `view`: the bytes of `serde_json` of [`Entry`],
+/// written from `cache` (rendered for `view.snapshot`) when given.
+pub(crate) fn single_json(
+    view: &AllocateView<'_>,
+    r: &Resolution<'_>,
+    cache: Option<&RenderCache>,
+) -> serde_json::Result<Vec<u8>> {
+    let cache = cache.filter(|c| c.is_for(view.snapshot));
+    let revision = view.snapshot.revision();
+    let mut out = Vec::with_capacity(ENTRY_BYTES);
+    let hint = cache.map_or(0, |c| c.position(r.key));
+    write_entry(&mut out, cache, hint, r, revision)?;
+    Ok(out)
+}
+
+/// The bulk answer of `view`: the bytes of `serde_json` of [`Bulk`], written from `cache`
+/// (rendered for `view.snapshot`) when given.
+pub(crate) fn bulk_json(
+    view: &AllocateView<'_>,
+    cache: Option<&RenderCache>,
+) -> serde_json::Result<Vec<u8>> {
+    let Some(cache) = cache.filter(|c| c.is_for(view.snapshot)) else {
+        return to_json(&Bulk(view), 64 + ENTRY_BYTES * view.flags.len());
+    };
+    let revision = view.snapshot.revision();
+    let mut out = Vec::with_capacity(cache.ofrep_capacity());
+    out.extend_from_slice(b"{\"flags\":[");
+    for (i, r) in view.flags.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_entry(&mut out, Some(cache), i, r, revision)?;
+    }
+    out.extend_from_slice(b"],\"metadata\":{\"revision\":");
+    render::push_u64(&mut out, revision);
+    out.extend_from_slice(b"}}");
+    Ok(out)
+}
+
 /// Bytes reserved for one flag's OFREP entry (the demo's average is about 120).
 const ENTRY_BYTES: usize = 192;
 
@@ -327,8 +499,14 @@ fn meta(headers: &HeaderMap) -> RequestMeta<'_> {
     RequestMeta::http(headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()))
 }
 
-fn with_baggage(mut res: Response, baggage: &str) -> Response {
-    if let Ok(v) = HeaderValue::try_from(baggage) {
+/// The outgoing `baggage` header value, built while the view is borrowed (no `String` copy);
+/// `None` if it is not a valid header value.
+fn baggage_header(view: &AllocateView<'_>) -> Option<HeaderValue> {
+    HeaderValue::try_from(view.baggage.as_str()).ok()
+}
+
+fn with_baggage(mut res: Response, baggage: Option<HeaderValue>) -> Response {
+    if let Some(v) = baggage {
         res.headers_mut()
             .insert(HeaderName::from_static(BAGGAGE), v);
     }
@@ -350,9 +528,10 @@ fn json_response(status: StatusCode, json: Vec<u8>) -> Response {
 async fn single(
     State(service): State<Service>,
     key: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    mut req: Request,
 ) -> Response {
+    let headers = http::take_headers(&mut req);
+    let body = Bytes::from_request(req, &()).await;
     // A key that does not percent-decode to UTF-8 gets an OFREP body too, not axum's text.
     let key = match key {
         Ok(Path(key)) => key,
@@ -370,20 +549,22 @@ async fn single(
     };
     let keys = [key];
     let result = service.evaluate_with(&ctx, &keys, &incoming(&headers), meta(&headers), |v| {
-        let revision = v.snapshot.revision();
         let encoded = v.flags.first().map(|r| {
-            let status = match flag_error(r) {
-                Some(_) => StatusCode::BAD_REQUEST,
-                None => StatusCode::OK,
+            let status = match r.reason {
+                Reason::Error => StatusCode::BAD_REQUEST,
+                _ => StatusCode::OK,
             };
-            (status, to_json(&Entry { r, revision }, ENTRY_BYTES))
+            let json = service
+                .with_render(v.snapshot, |cache| single_json(v, r, Some(cache)))
+                .and_then(|json| json);
+            (status, json)
         });
-        (encoded, v.baggage.clone())
+        (encoded, baggage_header(v))
     });
     let [key] = keys;
     match result {
         Ok((Some((status, Ok(json))), baggage)) => {
-            with_baggage(json_response(status, json), &baggage)
+            with_baggage(json_response(status, json), baggage)
         }
         Ok((Some((_, Err(e))), _)) => {
             error_response(Some(&key), &ApiError::Internal(format!("encoding: {e}")))
@@ -393,11 +574,9 @@ async fn single(
     }
 }
 
-async fn bulk(
-    State(service): State<Service>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn bulk(State(service): State<Service>, mut req: Request) -> Response {
+    let headers = http::take_headers(&mut req);
+    let body = Bytes::from_request(req, &()).await;
     let ctx = match body
         .map_err(|e| http::body_error(e, MAX_BODY))
         .and_then(|b| context_of(&b))
@@ -410,9 +589,13 @@ async fn bulk(
         let json = if http::if_none_match(&headers, &etag) {
             None
         } else {
-            Some(to_json(&Bulk(v), 64 + ENTRY_BYTES * v.flags.len()))
+            Some(
+                service
+                    .with_render(v.snapshot, |cache| bulk_json(v, Some(cache)))
+                    .and_then(|json| json),
+            )
         };
-        (etag, json, v.baggage.clone())
+        (etag, json, baggage_header(v))
     });
     let (etag, json, baggage) = match result {
         Ok(parts) => parts,
@@ -425,5 +608,76 @@ async fn bulk(
         Some(Err(e)) => return error_response(None, &ApiError::Internal(format!("encoding: {e}"))),
     };
     res.headers_mut().insert(header::ETAG, etag);
-    with_baggage(res, &baggage)
+    with_baggage(res, baggage)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::service::Limits;
+    use crate::state::ConfigStore;
+
+    /// CORS applies exactly where axum matches an OFREP route (any method, preflights too),
+    /// and nowhere else.
+    #[tokio::test]
+    async fn cors_applies_to_the_ofrep_routes_only() {
+        let store = Arc::new(ConfigStore::new());
+        store
+            .apply(&crate::source::embedded().unwrap(), None, None)
+            .unwrap();
+        let app = http::router(Service::new(store, Limits::default()));
+        let cases = [
+            ("/ofrep/v1/evaluate/flags", true),
+            ("/ofrep/v1/evaluate/flags/prefetch", true),
+            ("/ofrep/v1/evaluate/flags/no-such-flag", true),
+            ("/ofrep/v1/evaluate/flags/a%2Fb", true),
+            ("/ofrep/v1/evaluate/flags/%FF", true),
+            ("/ofrep/v1/evaluate/flags/", false),
+            ("/ofrep/v1/evaluate/flags//", false),
+            ("/ofrep/v1/evaluate/flags/a/b", false),
+            ("/ofrep/v1/evaluate/flagsx", false),
+            ("/ofrep/v1/evaluate", false),
+            ("/v1/allocate", false),
+            ("/nowhere", false),
+        ];
+        for (path, route) in cases {
+            for method in [Method::POST, Method::GET, Method::OPTIONS] {
+                let req = axum::http::Request::builder()
+                    .method(method.clone())
+                    .uri(path)
+                    .header(header::ORIGIN, "https://app.example")
+                    .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Body::from(r#"{"context":{"targetingKey":"u"}}"#))
+                    .unwrap();
+                let res = app.clone().oneshot(req).await.unwrap();
+                let status = res.status();
+                // As every route's fallback answer (axum adds it), preflights included.
+                if route && method != Method::POST {
+                    assert_eq!(
+                        res.headers().get(header::ALLOW).map(HeaderValue::as_bytes),
+                        Some(&b"POST"[..]),
+                        "{method} {path}"
+                    );
+                }
+                let cors = res
+                    .headers()
+                    .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN);
+                let body = res.into_body().collect().await.unwrap().to_bytes();
+                assert_eq!(cors, route, "{method} {path}: {status} {body:?}");
+                // What axum routes: an unknown path is the JSON 404 of `no_route`.
+                let unknown = status == StatusCode::NOT_FOUND
+                    && String::from_utf8_lossy(&body).contains("no route for");
+                if path.starts_with("/ofrep/") {
+                    assert_eq!(unknown, !route, "{method} {path}: {status} {body:?}");
+                }
+            }
+        }
+    }
 }

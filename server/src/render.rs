@@ -1,16 +1,19 @@
-//! The native `/v1/allocate` JSON response written from fragments rendered once per config.
+//! JSON responses written from fragments rendered once per config: the native `/v1/allocate`
+//! answer ([`encode`]) and OFREP entries ([`crate::ofrep`]).
 //!
 //! Within one snapshot a flag's `"<key>":{"value":<v>,"variant":"<name>","reason":"` prefix
-//! depends only on the variant served, so [`RenderCache`] renders every (flag, variant) prefix
-//! once per (revision, content hash) and [`encode`] copies them; only the reason, the cell tail,
-//! the allocations and the stamp are written per request. The output is byte-identical to
-//! `serde_json::to_vec` of [`AllocateView`] (its `Serialize` impl is the reference, and the tests
-//! compare both); anything the cache does not know is written by that reference impl.
+//! (OFREP: `{"key":"<key>","value":<v>,"variant":"<name>","reason":"`) depends only on the
+//! variant served, so [`RenderCache`] renders every (flag, variant) prefix once per (revision,
+//! content hash) and the encoders copy them; only the reason, the cell, the allocations and the
+//! stamp are written per request. The output is byte-identical to the `Serialize` impls
+//! (`AllocateView`, `ofrep::Entry`, `ofrep::Bulk`), which stay the reference: the tests compare
+//! both, and anything the cache does not know is written by that reference impl.
 
 use std::io;
 
 use allot::{Reason, Resolution, Snapshot, stamp};
 
+use crate::ofrep::TypedValue;
 use crate::service::{AllocateView, FlagJson};
 
 /// Pre-rendered JSON fragments of one config revision.
@@ -20,8 +23,12 @@ pub struct RenderCache {
     content_hash: u64,
     /// In config order.
     flags: Box<[FlagFragments]>,
+    /// Flag keys, sorted, with their position in `flags`.
+    by_key: Box<[(Box<str>, usize)]>,
     /// A buffer size that fits a response with every flag at its longest variant.
     capacity: usize,
+    /// The same for the OFREP bulk answer.
+    ofrep_capacity: usize,
 }
 
 #[derive(Debug)]
@@ -31,8 +38,16 @@ struct FlagFragments {
     variants: Box<[VariantFragment]>,
 }
 
-/// A variant's name and its `"<key>":{"value":<v>,"variant":"<name>","reason":"` prefix.
-type VariantFragment = (Box<str>, Box<[u8]>);
+/// A variant's fragments.
+#[derive(Debug)]
+struct VariantFragment {
+    name: Box<str>,
+    /// `"<key>":{"value":<v>,"variant":"<name>","reason":"` (native).
+    native: Box<[u8]>,
+    /// `{"key":"<key>","value":<typed v>,"variant":"<name>","reason":"` (OFREP: the value in
+    /// the flag's declared type, [`TypedValue`]).
+    ofrep: Box<[u8]>,
+}
 
 // === impl RenderCache ===
 
@@ -40,40 +55,63 @@ impl RenderCache {
     /// Renders the fragments of `snapshot`'s flags.
     pub fn new(snapshot: &Snapshot) -> serde_json::Result<Self> {
         let mut capacity = 256;
-        let flags = snapshot
+        let mut ofrep_capacity = 64;
+        let flags: Box<[FlagFragments]> = snapshot
             .config()
             .flags
             .iter()
             .map(|f| {
-                let mut longest = 0;
+                let (mut longest, mut longest_ofrep) = (0, 0);
                 let variants = f
                     .variants
                     .iter()
                     .map(|(name, value)| {
-                        let mut frag = Vec::with_capacity(64);
-                        serde_json::to_writer(&mut frag, &f.key)?;
-                        frag.extend_from_slice(b":{\"value\":");
-                        serde_json::to_writer(&mut frag, value)?;
-                        frag.extend_from_slice(b",\"variant\":");
-                        serde_json::to_writer(&mut frag, name)?;
-                        frag.extend_from_slice(b",\"reason\":\"");
-                        longest = longest.max(frag.len());
-                        Ok((name.as_str().into(), frag.into_boxed_slice()))
+                        let mut native = Vec::with_capacity(64);
+                        serde_json::to_writer(&mut native, &f.key)?;
+                        native.extend_from_slice(b":{\"value\":");
+                        serde_json::to_writer(&mut native, value)?;
+                        native.extend_from_slice(b",\"variant\":");
+                        serde_json::to_writer(&mut native, name)?;
+                        native.extend_from_slice(b",\"reason\":\"");
+                        longest = longest.max(native.len());
+                        let mut ofrep = Vec::with_capacity(64);
+                        ofrep.extend_from_slice(b"{\"key\":");
+                        serde_json::to_writer(&mut ofrep, &f.key)?;
+                        ofrep.extend_from_slice(b",\"value\":");
+                        serde_json::to_writer(&mut ofrep, &TypedValue(f.kind, value))?;
+                        ofrep.extend_from_slice(b",\"variant\":");
+                        serde_json::to_writer(&mut ofrep, name)?;
+                        ofrep.extend_from_slice(b",\"reason\":\"");
+                        longest_ofrep = longest_ofrep.max(ofrep.len());
+                        Ok(VariantFragment {
+                            name: name.as_str().into(),
+                            native: native.into_boxed_slice(),
+                            ofrep: ofrep.into_boxed_slice(),
+                        })
                     })
                     .collect::<serde_json::Result<_>>()?;
-                // Reason, cell tail and error code.
+                // Reason, cell tail and error code (OFREP: and the metadata).
                 capacity += longest + 160;
+                ofrep_capacity += longest_ofrep + 200;
                 Ok(FlagFragments {
                     key: f.key.as_str().into(),
                     variants,
                 })
             })
             .collect::<serde_json::Result<_>>()?;
+        let mut by_key: Vec<(Box<str>, usize)> = flags
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.key.clone(), i))
+            .collect();
+        by_key.sort_unstable();
         Ok(Self {
             revision: snapshot.revision(),
             content_hash: snapshot.content_hash(),
             flags,
+            by_key: by_key.into_boxed_slice(),
             capacity,
+            ofrep_capacity,
         })
     }
 
@@ -82,17 +120,40 @@ impl RenderCache {
         self.revision == snapshot.revision() && self.content_hash == snapshot.content_hash()
     }
 
-    /// The prefix of `r`, if `r` is a flag of this config and one of its variants. `hint` is
-    /// where the flag is expected (its position in config order).
-    fn prefix(&self, hint: usize, r: &Resolution<'_>) -> Option<&[u8]> {
+    /// The position of flag `key` in config order (0 if it is not a flag of this config: a
+    /// hint only, the lookups check the key).
+    pub fn position(&self, key: &str) -> usize {
+        self.by_key
+            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .map_or(0, |at| self.by_key.get(at).map_or(0, |(_, i)| *i))
+    }
+
+    /// A buffer size that fits an OFREP bulk answer with every flag at its longest variant.
+    pub fn ofrep_capacity(&self) -> usize {
+        self.ofrep_capacity
+    }
+
+    /// The fragments of `r`, if `r` is a flag of this config and one of its variants. `hint`
+    /// is where the flag is expected (its position in config order).
+    fn variant(&self, hint: usize, r: &Resolution<'_>) -> Option<&VariantFragment> {
         let flag = match self.flags.get(hint) {
             Some(f) if *f.key == *r.key => f,
-            _ => self.flags.iter().find(|f| *f.key == *r.key)?,
+            _ => self
+                .flags
+                .get(self.position(r.key))
+                .filter(|f| *f.key == *r.key)?,
         };
-        flag.variants
-            .iter()
-            .find(|(name, _)| **name == *r.variant)
-            .map(|(_, frag)| &**frag)
+        flag.variants.iter().find(|v| *v.name == *r.variant)
+    }
+
+    /// The native prefix of `r` (see [`RenderCache::variant`]).
+    fn prefix(&self, hint: usize, r: &Resolution<'_>) -> Option<&[u8]> {
+        self.variant(hint, r).map(|v| &*v.native)
+    }
+
+    /// The OFREP entry prefix of `r`: `{"key":..,"value":..,"variant":..,"reason":"`.
+    pub fn ofrep_prefix(&self, hint: usize, r: &Resolution<'_>) -> Option<&[u8]> {
+        self.variant(hint, r).map(|v| &*v.ofrep)
     }
 }
 
@@ -193,7 +254,7 @@ fn plain(s: &str) -> bool {
 }
 
 /// `s` as a JSON string, as serde_json writes it.
-fn push_str(out: &mut Vec<u8>, s: &str) -> serde_json::Result<()> {
+pub(crate) fn push_str(out: &mut Vec<u8>, s: &str) -> serde_json::Result<()> {
     if plain(s) {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
@@ -219,7 +280,7 @@ fn push_str_content(out: &mut Vec<u8>, s: &str) -> serde_json::Result<()> {
 }
 
 /// `n` in decimal.
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+pub(crate) fn push_u64(out: &mut Vec<u8>, mut n: u64) {
     let mut buf = [0u8; 20];
     let mut i = buf.len();
     loop {
@@ -391,6 +452,119 @@ flags:
                 (
                     encode(view, &other).unwrap(),
                     serde_json::to_vec(view).unwrap(),
+                )
+            })
+            .unwrap();
+        assert_eq!(fast, reference);
+    }
+
+    /// [`ODD`] plus an integer flag and a float flag with integer literals (OFREP writes
+    /// float flags as JSON floats).
+    fn odd_ofrep() -> Config {
+        let extra = r#"
+  - key: i
+    type: int
+    variants: {ten: 10, neg: -3, big: 12345678901234567}
+    default: ten
+    rules: [{when: {country: {eq: US}}, variant: neg}, {when: {country: {eq: CA}}, variant: big}]
+  - key: f
+    type: float
+    variants: {seven: 7, half: 0.5}
+    default: seven
+    rules: [{when: {country: {eq: SE}}, variant: half}]
+"#;
+        Config::parse(&format!("{ODD}{extra}")).unwrap()
+    }
+
+    /// The OFREP bulk and single-flag answers written from the cache against the `Serialize`
+    /// reference (`ofrep::Bulk`, `ofrep::Entry`), for every flag; returns every answer.
+    fn assert_ofrep_parity(config: &Config, n: usize) -> String {
+        let service = service(config);
+        let keys: Vec<String> = config.flags.iter().map(|f| f.key.clone()).collect();
+        let mut seen = String::new();
+        for i in 0..n {
+            let ctx = context(i);
+            let meta = RequestMeta::http(None);
+            let (fast, reference) = service
+                .evaluate_with(&ctx, &[], &[], meta, |v| {
+                    let fast = service
+                        .with_render(v.snapshot, |c| crate::ofrep::bulk_json(v, Some(c)))
+                        .unwrap();
+                    (fast.unwrap(), crate::ofrep::bulk_json(v, None).unwrap())
+                })
+                .unwrap();
+            let (fast, reference) = (
+                String::from_utf8(fast).unwrap(),
+                String::from_utf8(reference).unwrap(),
+            );
+            assert_eq!(fast, reference, "bulk, context {i}: {ctx:?}");
+            seen.push_str(&fast);
+            let key = std::slice::from_ref(&keys[i % keys.len()]);
+            let (fast, reference) = service
+                .evaluate_with(&ctx, key, &[], meta, |v| {
+                    let r = &v.flags[0];
+                    let fast = service
+                        .with_render(v.snapshot, |c| crate::ofrep::single_json(v, r, Some(c)))
+                        .unwrap();
+                    (
+                        fast.unwrap(),
+                        crate::ofrep::single_json(v, r, None).unwrap(),
+                    )
+                })
+                .unwrap();
+            assert_eq!(
+                String::from_utf8(fast).unwrap(),
+                String::from_utf8(reference).unwrap(),
+                "flag {key:?}, context {i}: {ctx:?}"
+            );
+        }
+        seen
+    }
+
+    #[test]
+    fn ofrep_answers_match_serde_on_the_demo_config() {
+        let seen = assert_ofrep_parity(&crate::source::embedded().unwrap(), 3_000);
+        assert!(seen.contains(r#""metadata":{"experiment":"#), "{seen}");
+    }
+
+    #[test]
+    fn ofrep_answers_match_serde_with_escapes_errors_and_typed_values() {
+        let seen = assert_ofrep_parity(&odd_ofrep(), 3_000);
+        // Every branch was taken: escapes, errors, typed numbers, cells.
+        for needle in [
+            r#"\"hi\""#,
+            "\u{2028}",
+            r#""errorCode":"TARGETING_KEY_MISSING""#,
+            r#""cell":"c-1""#,
+            "1e+300",
+            r#""value":10,"#,
+            r#""value":7.0,"#,
+            r#""value":12.0,"#,
+            r#""value":12345678901234567,"#,
+            "-9007199254740993",
+        ] {
+            assert!(seen.contains(needle), "{needle} not in the answers");
+        }
+    }
+
+    #[test]
+    fn ofrep_answers_with_a_cache_of_another_config_fall_back_to_serde() {
+        let demo = service(&crate::source::embedded().unwrap());
+        let other = RenderCache::new(
+            &ConfigStore::new()
+                .apply(&odd_ofrep(), None, None)
+                .unwrap()
+                .snapshot()
+                .clone(),
+        )
+        .unwrap();
+        let ctx = context(1);
+        let meta = RequestMeta::http(None);
+        let (fast, reference) = demo
+            .evaluate_with(&ctx, &[], &[], meta, |v| {
+                (
+                    crate::ofrep::bulk_json(v, Some(&other)).unwrap(),
+                    crate::ofrep::bulk_json(v, None).unwrap(),
                 )
             })
             .unwrap();

@@ -115,18 +115,28 @@ impl Service {
     /// The native JSON response of `view`: the bytes of `serde_json::to_vec(view)`, written
     /// from fragments rendered once per config revision ([`crate::render`]).
     pub fn encode(&self, view: &AllocateView<'_>) -> serde_json::Result<Vec<u8>> {
+        self.with_render(view.snapshot, |cache| render::encode(view, cache))?
+    }
+
+    /// Hands `f` the JSON fragments of `snapshot`'s config ([`crate::render`]), rendered on the
+    /// first call for a new revision.
+    pub fn with_render<R>(
+        &self,
+        snapshot: &Snapshot,
+        f: impl FnOnce(&RenderCache) -> R,
+    ) -> serde_json::Result<R> {
         let guard = self.render.load();
         if let Some(cache) = &*guard
-            && cache.is_for(view.snapshot)
+            && cache.is_for(snapshot)
         {
-            return render::encode(view, cache);
+            return Ok(f(cache));
         }
         drop(guard);
         // First response on a new revision: render its fragments once. Racing builders
         // produce equal caches.
-        let cache = Arc::new(RenderCache::new(view.snapshot)?);
+        let cache = Arc::new(RenderCache::new(snapshot)?);
         self.render.store(Some(cache.clone()));
-        render::encode(view, &cache)
+        Ok(f(&cache))
     }
 
     /// Allocates the context in every layer and resolves every flag (or only `keys` if not

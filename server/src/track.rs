@@ -1,10 +1,12 @@
-//! Request metrics for the axum routers: a `route_layer` that counts each request and its
-//! latency under its matched route and status.
+//! Request metrics for the axum routers: counts each request and its latency under its route
+//! and status, either as a `route_layer` (the label from the matched path) or around one
+//! endpoint's service ([`TrackLayer::route`], the label fixed when the router is built).
 //!
 //! Hand-written rather than `axum::middleware::from_fn`: that boxes the response future and
 //! clones the boxed inner route on every request (several allocations per call); this layer
 //! adds none. The route label is a `&'static str` ([`endpoint_label`]), so a request never
-//! allocates a label either.
+//! allocates a label either. Wrapping the endpoint service (`post_service(..)`) rather than
+//! using `route_layer` also saves axum's boxed route level per request.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,6 +26,8 @@ use crate::metrics::{Metrics, Transport};
 #[derive(Debug, Clone, Default)]
 pub struct TrackLayer {
     metrics: Option<Arc<Metrics>>,
+    /// The route's label, when known up front; else the matched path's.
+    label: Option<&'static str>,
 }
 
 /// The service of [`TrackLayer`].
@@ -31,6 +35,7 @@ pub struct TrackLayer {
 pub struct Track<S> {
     inner: S,
     metrics: Option<Arc<Metrics>>,
+    label: Option<&'static str>,
 }
 
 pin_project! {
@@ -49,6 +54,16 @@ impl TrackLayer {
     pub fn new(metrics: Option<&Arc<Metrics>>) -> Self {
         Self {
             metrics: metrics.cloned(),
+            label: None,
+        }
+    }
+
+    /// Records into `metrics` under the route `label` ([`endpoint_label`]'s spelling): for
+    /// wrapping one endpoint's service, where no `MatchedPath` lookup is needed.
+    pub fn route(metrics: Option<&Arc<Metrics>>, label: &'static str) -> Self {
+        Self {
+            metrics: metrics.cloned(),
+            label: Some(label),
         }
     }
 }
@@ -60,6 +75,7 @@ impl<S> tower::Layer<S> for TrackLayer {
         Track {
             inner,
             metrics: self.metrics.clone(),
+            label: self.label,
         }
     }
 }
@@ -80,7 +96,9 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let probe = self.metrics.as_ref().map(|m| {
-            let endpoint = endpoint_label(req.extensions().get::<MatchedPath>());
+            let endpoint = self
+                .label
+                .unwrap_or_else(|| endpoint_label(req.extensions().get::<MatchedPath>()));
             (m.clone(), endpoint, Instant::now())
         });
         TrackFuture {
