@@ -39,8 +39,9 @@ fn layer_spec() -> impl Strategy<Value = LayerSpec> {
     (
         salt(),
         buckets,
-        prop::collection::vec(any::<u64>(), 0..8),
-        prop::collection::vec(any::<u8>(), 8),
+        // Up to 40 cuts: layers of more than 8 ranges are searched through their slot table.
+        prop::collection::vec(any::<u64>(), 0..40),
+        prop::collection::vec(any::<u8>(), 41),
         prop::collection::vec((salt(), prop::collection::vec(0..5u32, 1..4)), 1..4),
     )
         .prop_map(|(salt, buckets, cuts, owners, mut experiments)| {
