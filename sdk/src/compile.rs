@@ -544,7 +544,7 @@ impl Cx<'_> {
                         vpath,
                         ErrorKind::TypeMismatch {
                             variant: name.clone(),
-                            expected: type_name(f.kind),
+                            expected: f.kind.as_str(),
                             found: json_type(value),
                         },
                     );
@@ -641,15 +641,5 @@ fn typed(kind: FlagType, v: &Value) -> Option<Value> {
             n.as_f64().and_then(Number::from_f64).map(Value::Number)
         }
         _ => None,
-    }
-}
-
-fn type_name(kind: FlagType) -> &'static str {
-    match kind {
-        FlagType::Bool => "bool",
-        FlagType::String => "string",
-        FlagType::Int => "int",
-        FlagType::Float => "float",
-        FlagType::Object => "object",
     }
 }

@@ -128,6 +128,19 @@ pub enum FlagType {
     Object,
 }
 
+impl FlagType {
+    /// The config spelling: `bool`, `string`, `int`, `float`, `object`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlagType::Bool => "bool",
+            FlagType::String => "string",
+            FlagType::Int => "int",
+            FlagType::Float => "float",
+            FlagType::Object => "object",
+        }
+    }
+}
+
 /// A flag: typed variants, a default, and ordered rules.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -260,7 +260,7 @@ impl Unfit {
                 message: Some(format!(
                     "flag `{}` is of type {}, not {wanted}",
                     r.key,
-                    type_name(r.kind)
+                    r.kind.as_str()
                 )),
             },
             Unfit::Value => EvaluationError {
@@ -271,16 +271,6 @@ impl Unfit {
                 )),
             },
         }
-    }
-}
-
-fn type_name(kind: FlagType) -> &'static str {
-    match kind {
-        FlagType::Bool => "bool",
-        FlagType::String => "string",
-        FlagType::Int => "int",
-        FlagType::Float => "float",
-        FlagType::Object => "object",
     }
 }
 

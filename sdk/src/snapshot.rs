@@ -190,6 +190,9 @@ pub enum ErrorCode {
 pub struct Resolution<'s> {
     /// Flag key.
     pub key: &'s str,
+    /// The flag's position in config order (as [`Snapshot::flag_keys`] lists them), so callers
+    /// that keep per-flag tables can index them without looking the key up again.
+    pub index: u32,
     /// Flag type.
     pub kind: FlagType,
     /// The value served.
@@ -410,6 +413,7 @@ impl Snapshot {
             // error rather than panic.
             None => Resolution {
                 key: "",
+                index: raw.flag,
                 kind: FlagType::Bool,
                 value: &Value::Null,
                 variant: "",
@@ -720,6 +724,7 @@ impl Flag {
             .map_or(("", &NULL), |(n, v)| (&**n, v));
         Resolution {
             key: &self.key,
+            index: self.index,
             kind: self.kind,
             value,
             variant: name,

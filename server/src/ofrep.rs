@@ -404,16 +404,14 @@ fn to_json<T: Serialize>(value: &T, capacity: usize) -> serde_json::Result<Vec<u
 }
 
 /// One flag's OFREP entry, the bytes of `serde_json` of [`Entry`]: from `cache`'s fragment
-/// when it has one for `r` (`hint`: the flag's expected position in config order), else (and
-/// for errors) through [`Entry`] itself.
+/// when it has one for `r`, else (and for errors) through [`Entry`] itself.
 fn write_entry(
     out: &mut Vec<u8>,
     cache: Option<&RenderCache>,
-    hint: usize,
     r: &Resolution<'_>,
     revision: u64,
 ) -> serde_json::Result<()> {
-    let prefix = match cache.and_then(|c| c.ofrep_prefix(hint, r)) {
+    let prefix = match cache.and_then(|c| c.ofrep_prefix(r)) {
         Some(prefix) if r.reason != Reason::Error => prefix,
         _ => return serde_json::to_writer(out, &Entry { r, revision }),
     };
@@ -445,8 +443,7 @@ pub(crate) fn single_json(
     let cache = cache.filter(|c| c.is_for(view.snapshot));
     let revision = view.snapshot.revision();
     let mut out = Vec::with_capacity(ENTRY_BYTES);
-    let hint = cache.map_or(0, |c| c.position(r.key));
-    write_entry(&mut out, cache, hint, r, revision)?;
+    write_entry(&mut out, cache, r, revision)?;
     Ok(out)
 }
 
@@ -466,7 +463,7 @@ pub(crate) fn bulk_json(
         if i > 0 {
             out.push(b',');
         }
-        write_entry(&mut out, Some(cache), i, r, revision)?;
+        write_entry(&mut out, Some(cache), r, revision)?;
     }
     out.extend_from_slice(b"],\"metadata\":{\"revision\":");
     render::push_u64(&mut out, revision);

@@ -23,8 +23,6 @@ pub struct RenderCache {
     content_hash: u64,
     /// In config order.
     flags: Box<[FlagFragments]>,
-    /// Flag keys, sorted, with their position in `flags`.
-    by_key: Box<[(Box<str>, usize)]>,
     /// A buffer size that fits a response with every flag at its longest variant.
     capacity: usize,
     /// The same for the OFREP bulk answer.
@@ -99,17 +97,10 @@ impl RenderCache {
                 })
             })
             .collect::<serde_json::Result<_>>()?;
-        let mut by_key: Vec<(Box<str>, usize)> = flags
-            .iter()
-            .enumerate()
-            .map(|(i, f)| (f.key.clone(), i))
-            .collect();
-        by_key.sort_unstable();
         Ok(Self {
             revision: snapshot.revision(),
             content_hash: snapshot.content_hash(),
             flags,
-            by_key: by_key.into_boxed_slice(),
             capacity,
             ofrep_capacity,
         })
@@ -120,40 +111,29 @@ impl RenderCache {
         self.revision == snapshot.revision() && self.content_hash == snapshot.content_hash()
     }
 
-    /// The position of flag `key` in config order (0 if it is not a flag of this config: a
-    /// hint only, the lookups check the key).
-    pub fn position(&self, key: &str) -> usize {
-        self.by_key
-            .binary_search_by(|(k, _)| (**k).cmp(key))
-            .map_or(0, |at| self.by_key.get(at).map_or(0, |(_, i)| *i))
-    }
-
     /// A buffer size that fits an OFREP bulk answer with every flag at its longest variant.
     pub fn ofrep_capacity(&self) -> usize {
         self.ofrep_capacity
     }
 
-    /// The fragments of `r`, if `r` is a flag of this config and one of its variants. `hint`
-    /// is where the flag is expected (its position in config order).
-    fn variant(&self, hint: usize, r: &Resolution<'_>) -> Option<&VariantFragment> {
-        let flag = match self.flags.get(hint) {
-            Some(f) if *f.key == *r.key => f,
-            _ => self
-                .flags
-                .get(self.position(r.key))
-                .filter(|f| *f.key == *r.key)?,
-        };
+    /// The fragments of `r`, if `r` is a flag of this config (at its config position, which
+    /// the engine reports) and one of its variants.
+    fn variant(&self, r: &Resolution<'_>) -> Option<&VariantFragment> {
+        let flag = self
+            .flags
+            .get(r.index as usize)
+            .filter(|f| *f.key == *r.key)?;
         flag.variants.iter().find(|v| *v.name == *r.variant)
     }
 
     /// The native prefix of `r` (see [`RenderCache::variant`]).
-    fn prefix(&self, hint: usize, r: &Resolution<'_>) -> Option<&[u8]> {
-        self.variant(hint, r).map(|v| &*v.native)
+    fn prefix(&self, r: &Resolution<'_>) -> Option<&[u8]> {
+        self.variant(r).map(|v| &*v.native)
     }
 
     /// The OFREP entry prefix of `r`: `{"key":..,"value":..,"variant":..,"reason":"`.
-    pub fn ofrep_prefix(&self, hint: usize, r: &Resolution<'_>) -> Option<&[u8]> {
-        self.variant(hint, r).map(|v| &*v.ofrep)
+    pub fn ofrep_prefix(&self, r: &Resolution<'_>) -> Option<&[u8]> {
+        self.variant(r).map(|v| &*v.ofrep)
     }
 }
 
@@ -195,7 +175,7 @@ pub fn encode(view: &AllocateView<'_>, cache: &RenderCache) -> serde_json::Resul
         if i > 0 {
             out.push(b',');
         }
-        match cache.and_then(|c| c.prefix(i, r)) {
+        match cache.and_then(|c| c.prefix(r)) {
             Some(prefix) => {
                 debug_assert!(
                     view.snapshot
