@@ -399,9 +399,9 @@ impl Snapshot {
     }
 
     #[cfg(feature = "client")]
-    /// Every flag by indices, in config order; see [`Snapshot::resolve_all`].
-    pub(crate) fn resolve_all_raw(&self, ctx: &Context, out: &mut Vec<Raw>) {
-        self.resolve_all_with(ctx, |_, raw| out.push(raw));
+    /// Every flag by indices, in config order, to `each`; see [`Snapshot::resolve_all`].
+    pub(crate) fn resolve_all_raw(&self, ctx: &Context, mut each: impl FnMut(Raw)) {
+        self.resolve_all_with(ctx, |_, raw| each(raw));
     }
 
     #[cfg(feature = "client")]

@@ -240,15 +240,14 @@ impl Client {
     /// Resolves every flag for `ctx`, in config order (see [`Snapshot::resolve_all`]).
     pub fn resolve_all(&self, ctx: &Context) -> Result<Vec<Resolved>, NotReady> {
         let snapshot = self.shared.current.load_full().ok_or(NotReady)?;
-        let mut raws = Vec::with_capacity(snapshot.flags.len());
-        snapshot.resolve_all_raw(ctx, &mut raws);
-        Ok(raws
-            .into_iter()
-            .map(|raw| Resolved {
+        let mut out = Vec::with_capacity(snapshot.flags.len());
+        snapshot.resolve_all_raw(ctx, |raw| {
+            out.push(Resolved {
                 snapshot: Arc::clone(&snapshot),
                 raw,
             })
-            .collect())
+        });
+        Ok(out)
     }
 }
 
