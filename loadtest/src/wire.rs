@@ -14,6 +14,7 @@
 //! Owns no I/O: the HTTP/2 side and the `grpc-status` check are in [`crate::target`].
 
 use hyper::body::Bytes;
+use prost::encoding::{decode_varint, encode_varint, encoded_len_varint};
 
 use crate::Protocol;
 use crate::population::Population;
@@ -74,14 +75,14 @@ pub fn request(protocol: Protocol, flag: &str, population: &Population, unit: u6
         bytes_field(&mut out, tag(1, LEN), f);
     }
     out.push(context_tag);
-    varint(&mut out, struct_len as u64);
+    encode_varint(struct_len as u64, &mut out);
     for (k, v) in fields {
         // Struct.fields (1): map entry { key = 1; Value value = 2 { string_value = 3 } }.
         out.push(tag(1, LEN));
-        varint(&mut out, entry_len(k, v) as u64);
+        encode_varint(entry_len(k, v) as u64, &mut out);
         bytes_field(&mut out, tag(1, LEN), k);
         out.push(tag(2, LEN));
-        varint(&mut out, (1 + varint_len(v.len()) + v.len()) as u64);
+        encode_varint((1 + varint_len(v.len()) + v.len()) as u64, &mut out);
         bytes_field(&mut out, tag(3, LEN), v);
     }
     debug_assert_eq!(out.len(), 5 + message_len);
@@ -155,21 +156,12 @@ fn tag(field: u8, wire_type: u8) -> u8 {
 }
 
 fn varint_len(n: usize) -> usize {
-    let bits = usize::BITS - (n | 1).leading_zeros();
-    bits.div_ceil(7) as usize
-}
-
-fn varint(out: &mut Vec<u8>, mut n: u64) {
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
+    encoded_len_varint(n as u64)
 }
 
 fn bytes_field(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
     out.push(tag);
-    varint(out, bytes.len() as u64);
+    encode_varint(bytes.len() as u64, out);
     out.extend_from_slice(bytes);
 }
 
@@ -202,16 +194,7 @@ fn unframe(body: &[u8]) -> Option<&[u8]> {
 }
 
 fn read_varint(bytes: &mut &[u8]) -> Option<u64> {
-    let mut n = 0u64;
-    for shift in (0..64).step_by(7) {
-        let (&b, rest) = bytes.split_first()?;
-        *bytes = rest;
-        n |= u64::from(b & 0x7f) << shift;
-        if b < 0x80 {
-            return Some(n);
-        }
-    }
-    None
+    decode_varint(bytes).ok()
 }
 
 /// Calls `f` with each top-level field of `message`; fails on a malformed message.
@@ -288,16 +271,6 @@ mod tests {
                     );
                 }
             }
-        }
-    }
-
-    #[test]
-    fn varint_lengths() {
-        for n in [0usize, 1, 127, 128, 16_383, 16_384, usize::MAX] {
-            let mut out = Vec::new();
-            varint(&mut out, n as u64);
-            assert_eq!(varint_len(n), out.len(), "{n}");
-            assert_eq!(read_varint(&mut out.as_slice()), Some(n as u64));
         }
     }
 
