@@ -537,10 +537,7 @@ impl Flavor for Http {
 
     fn reject(class: Class, error: ApiError) -> Response<Self::Body> {
         if class == Class::Ofrep {
-            let status = error.status();
             let mut res = crate::ofrep::error_response(None, &error);
-            // OFREP maps the errors it knows; the guard's own are 401 or 503 whatever it says.
-            *res.status_mut() = status;
             // Browser providers must be able to read the refusal.
             res.headers_mut().insert(
                 header::ACCESS_CONTROL_ALLOW_ORIGIN,

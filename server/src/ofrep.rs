@@ -233,9 +233,8 @@ fn error_status(e: &ApiError) -> StatusCode {
     match e {
         ApiError::FlagNotFound(_) => StatusCode::NOT_FOUND,
         ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        ApiError::NotReady | ApiError::Overloaded | ApiError::Timeout { .. } => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        ApiError::NotReady | ApiError::Timeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        e if e.is_shed() => StatusCode::SERVICE_UNAVAILABLE,
         ApiError::Unauthorized | ApiError::ClientToken => StatusCode::UNAUTHORIZED,
         ApiError::Forbidden => StatusCode::FORBIDDEN,
         ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
