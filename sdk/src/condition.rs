@@ -8,11 +8,12 @@
 //! Evaluation allocates nothing: operands are parsed (numbers, versions, regexes) at compile time.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
+use foldhash::fast::FixedState;
 use serde_json::Value;
 
-use crate::context::Context;
+use crate::context::{Context, short_eq};
 use crate::error::{ConfigError, ErrorKind, json_type};
 
 /// Deepest nesting of `all`/`any`/`not`/segments accepted, so evaluation cannot overflow the stack.
@@ -48,6 +49,12 @@ pub(crate) enum Operand {
 
 #[derive(Debug, Clone)]
 pub(crate) enum Op {
+    /// `eq` of a string (the common case), compared without JSON dispatch.
+    EqStr(Box<str>),
+    NeStr(Box<str>),
+    /// `in` of a list of strings only.
+    InStr(StrSet),
+    NotInStr(StrSet),
     Eq(Value),
     Ne(Value),
     In(Box<[Value]>),
@@ -59,6 +66,15 @@ pub(crate) enum Op {
     Contains(Value),
     Matches(regex::Regex),
     Exists(bool),
+}
+
+/// The strings of an all-string `in` / `not_in` list.
+#[derive(Debug, Clone)]
+pub(crate) enum StrSet {
+    /// Up to [`StrSet::FEW`] strings, scanned.
+    Few(Box<[Box<str>]>),
+    /// Longer lists, looked up by hash (fixed seed: the engine has no per-process randomness).
+    Many(HashSet<Box<str>, FixedState>),
 }
 
 // === impl Condition ===
@@ -94,6 +110,10 @@ impl Condition {
 impl Op {
     fn eval(&self, v: &Value) -> bool {
         match self {
+            Op::EqStr(x) => matches!(v, Value::String(s) if short_eq(s, x)),
+            Op::NeStr(x) => !matches!(v, Value::String(s) if short_eq(s, x)),
+            Op::InStr(set) => matches!(v, Value::String(s) if set.contains(s)),
+            Op::NotInStr(set) => !matches!(v, Value::String(s) if set.contains(s)),
             Op::Eq(x) => json_eq(v, x),
             Op::Ne(x) => !json_eq(v, x),
             Op::In(xs) => xs.iter().any(|x| json_eq(v, x)),
@@ -121,6 +141,51 @@ impl Op {
             },
             Op::Matches(re) => v.as_str().is_some_and(|s| re.is_match(s)),
             Op::Exists(want) => *want,
+        }
+    }
+
+    /// `eq` (or `ne`) of a scalar.
+    fn eq(x: &Value, negated: bool) -> Op {
+        match (x, negated) {
+            (Value::String(s), false) => Op::EqStr(s.as_str().into()),
+            (Value::String(s), true) => Op::NeStr(s.as_str().into()),
+            (_, false) => Op::Eq(x.clone()),
+            (_, true) => Op::Ne(x.clone()),
+        }
+    }
+
+    /// `in` (or `not_in`) of a list of scalars.
+    fn one_of(items: &[Value], negated: bool) -> Op {
+        let strings: Option<Vec<Box<str>>> =
+            items.iter().map(|x| x.as_str().map(Box::from)).collect();
+        match (strings, negated) {
+            (Some(strings), false) => Op::InStr(StrSet::new(strings)),
+            (Some(strings), true) => Op::NotInStr(StrSet::new(strings)),
+            (None, false) => Op::In(items.into()),
+            (None, true) => Op::NotIn(items.into()),
+        }
+    }
+}
+
+// === impl StrSet ===
+
+impl StrSet {
+    /// Lists up to this long are scanned: a few length-first compares beat hashing the string.
+    const FEW: usize = 8;
+
+    fn new(items: Vec<Box<str>>) -> Self {
+        if items.len() <= Self::FEW {
+            StrSet::Few(items.into())
+        } else {
+            StrSet::Many(items.into_iter().collect())
+        }
+    }
+
+    #[inline]
+    fn contains(&self, s: &str) -> bool {
+        match self {
+            StrSet::Few(items) => items.iter().any(|x| short_eq(x, s)),
+            StrSet::Many(items) => items.contains(s),
         }
     }
 }
@@ -359,7 +424,7 @@ impl<'a> Compiler<'a> {
             Value::Object(ops) => ops,
             // `{ platform: tv }` is shorthand for `{ platform: { eq: tv } }`.
             Value::String(_) | Value::Number(_) | Value::Bool(_) => {
-                return Condition::Attr(attr.into(), Op::Eq(val.clone()));
+                return Condition::Attr(attr.into(), Op::eq(val, false));
             }
             _ => {
                 self.errors.push(ConfigError::new(
@@ -395,20 +460,11 @@ impl<'a> Compiler<'a> {
                 if !scalar(x) {
                     return self.operand(path, op, "a string, number or bool");
                 }
-                if op == "eq" {
-                    Op::Eq(x.clone())
-                } else {
-                    Op::Ne(x.clone())
-                }
+                Op::eq(x, op == "ne")
             }
             "in" | "not_in" => match x {
                 Value::Array(items) if items.iter().all(scalar) => {
-                    let items: Box<[Value]> = items.clone().into();
-                    if op == "in" {
-                        Op::In(items)
-                    } else {
-                        Op::NotIn(items)
-                    }
+                    Op::one_of(items, op == "not_in")
                 }
                 _ => return self.operand(path, op, "a list of strings, numbers or bools"),
             },
@@ -665,5 +721,88 @@ mod tests {
         }
         assert_eq!(plain_version("5.3"), Some((5, 3, 0)));
         assert_eq!(plain_version("5.3.1.2"), None);
+    }
+
+    /// The string-specialised operators (`EqStr`, `InStr`, ... and `short_eq` under them)
+    /// answer exactly what the generic JSON ones do, for every length class of `short_eq`
+    /// (0-3, 4-7, 8-16, 17+ bytes), lists short enough to scan and long enough to hash, and
+    /// values that are not strings.
+    mod string_ops {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn word() -> impl Strategy<Value = String> {
+            // A small alphabet so equal strings and near misses (same length, one byte off,
+            // shared prefix or suffix) are common.
+            prop::collection::vec(prop::sample::select(vec!['a', 'b', 'é', '0']), 0..20)
+                .prop_map(|cs| cs.into_iter().collect())
+        }
+
+        fn value() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                6 => word().prop_map(Value::from),
+                1 => any::<i64>().prop_map(|n| json!(n % 4)),
+                1 => any::<bool>().prop_map(Value::from),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn agree_with_the_generic_operators(
+                v in value(),
+                items in prop::collection::vec(word(), 0..20),
+                x in word(),
+                near in (any::<prop::sample::Index>(), 0..3u8),
+            ) {
+                // Often compare `x` with itself, or with `x` one byte off at any position
+                // (a near miss that only the last word compare can catch).
+                let (at, how) = near;
+                let v = match (&v, how) {
+                    (Value::String(_), 0) => json!(x),
+                    (Value::String(_), 1) if !x.is_empty() => {
+                        let mut b = x.clone().into_bytes();
+                        let i = at.index(b.len());
+                        b[i] ^= 1;
+                        Value::from(String::from_utf8_lossy(&b).into_owned())
+                    }
+                    _ => v,
+                };
+                let mut items = items;
+                if how == 2
+                    && let Value::String(s) = &v
+                {
+                    items.push(s.clone());
+                }
+                let list: Vec<Value> = items.iter().map(|s| json!(s)).collect();
+                let generic_in = list.iter().any(|i| json_eq(&v, i));
+                let generic_eq = json_eq(&v, &json!(x));
+                for (negated, want) in [(false, generic_in), (true, !generic_in)] {
+                    let op = Op::one_of(&list, negated);
+                    prop_assert!(matches!(op, Op::InStr(_) | Op::NotInStr(_)));
+                    prop_assert_eq!(op.eval(&v), want, "{:?} in {:?}", v, items);
+                }
+                for (negated, want) in [(false, generic_eq), (true, !generic_eq)] {
+                    let op = Op::eq(&json!(x), negated);
+                    prop_assert!(matches!(op, Op::EqStr(_) | Op::NeStr(_)));
+                    prop_assert_eq!(op.eval(&v), want, "{:?} eq {:?}", v, x);
+                }
+                if let Value::String(s) = &v {
+                    prop_assert_eq!(short_eq(s, &x), *s == x);
+                }
+            }
+        }
+
+        #[test]
+        fn long_lists_are_hashed_and_mixed_lists_stay_generic() {
+            let long: Vec<Value> = (0..20).map(|i| json!(format!("c{i}"))).collect();
+            let op = Op::one_of(&long, false);
+            assert!(matches!(op, Op::InStr(StrSet::Many(_))));
+            assert!(op.eval(&json!("c19")) && !op.eval(&json!("c20")) && !op.eval(&json!(19)));
+            let mixed = [json!("1"), json!(1)];
+            let op = Op::one_of(&mixed, false);
+            assert!(matches!(op, Op::In(_)));
+            assert!(op.eval(&json!(1.0)) && op.eval(&json!("1")) && !op.eval(&json!(2)));
+            assert!(matches!(Op::eq(&json!(1), false), Op::Eq(_)));
+        }
     }
 }
