@@ -179,25 +179,19 @@ pub(crate) fn short_eq(a: &str, b: &str) -> bool {
     if a.len() > 16 {
         return a == b;
     }
-    if let (Some(a0), Some(b0), Some(a1), Some(b1)) = (
-        a.first_chunk::<8>(),
-        b.first_chunk::<8>(),
-        a.last_chunk::<8>(),
-        b.last_chunk::<8>(),
-    ) {
-        return u64::from_ne_bytes(*a0) == u64::from_ne_bytes(*b0)
-            && u64::from_ne_bytes(*a1) == u64::from_ne_bytes(*b1);
-    }
-    if let (Some(a0), Some(b0), Some(a1), Some(b1)) = (
-        a.first_chunk::<4>(),
-        b.first_chunk::<4>(),
-        a.last_chunk::<4>(),
-        b.last_chunk::<4>(),
-    ) {
-        return u32::from_ne_bytes(*a0) == u32::from_ne_bytes(*b0)
-            && u32::from_ne_bytes(*a1) == u32::from_ne_bytes(*b1);
-    }
-    a.iter().zip(b).all(|(x, y)| x == y)
+    ends_eq::<8>(a, b)
+        .or_else(|| ends_eq::<4>(a, b))
+        .unwrap_or_else(|| a.iter().zip(b).all(|(x, y)| x == y))
+}
+
+/// For equal-length `a` and `b` of `N..=2N` bytes: whether their first and last `N` bytes
+/// (overlapping, so together every byte) are equal; `None` when shorter than `N`.
+#[inline(always)]
+fn ends_eq<const N: usize>(a: &[u8], b: &[u8]) -> Option<bool> {
+    Some(
+        a.first_chunk::<N>()? == b.first_chunk::<N>()?
+            && a.last_chunk::<N>()? == b.last_chunk::<N>()?,
+    )
 }
 
 #[inline]
