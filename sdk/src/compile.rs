@@ -393,6 +393,11 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
     }
     flag_layers.sort_unstable();
     flag_layers.dedup();
+    for flag in flags.iter_mut() {
+        if let Some(li) = flag.layer {
+            flag.slot = flag_layers.binary_search(&li).unwrap_or_default() as u32;
+        }
+    }
 
     cx.errors.append(&mut conds.errors);
     if !cx.errors.is_empty() {
@@ -621,6 +626,7 @@ impl Cx<'_> {
             default,
             enabled: f.enabled,
             layer: None,
+            slot: 0,
             rules: rules.into(),
         };
         (flag, names)

@@ -117,6 +117,9 @@ pub(crate) struct Flag {
     pub(crate) default: u32,
     pub(crate) enabled: bool,
     pub(crate) layer: Option<u32>,
+    /// The position of `layer` in `Snapshot::flag_layers` (0 without a layer), so
+    /// `resolve_all` finds the layer's evaluation without a search.
+    pub(crate) slot: u32,
     pub(crate) rules: Box<[Rule]>,
 }
 
@@ -471,15 +474,17 @@ impl Snapshot {
     #[inline(always)]
     fn resolve_all_with<'s>(&'s self, ctx: &Context, mut push: impl FnMut(&'s Flag, Raw)) {
         let units = self.units(ctx);
-        // Each layer that drives flags is evaluated once: (layer, held out, hit).
-        let mut layers: SmallVec<[(u32, bool, Option<Hit>); INLINE]> = SmallVec::new();
+        // Each layer that drives flags is evaluated once, in `flag_layers` order (a flag's
+        // `slot` indexes it): (held out, hit).
+        let mut layers: SmallVec<[(bool, Option<Hit>); INLINE]> = SmallVec::new();
         let mut held: SmallVec<[(u32, bool); 4]> = SmallVec::new();
         for &li in self.flag_layers.iter() {
             let Some(layer) = self.layers.get(li as usize) else {
+                layers.push((false, None));
                 continue;
             };
             let Some(Ok(unit)) = units.get(layer.unit as usize) else {
-                layers.push((li, false, None));
+                layers.push((false, None));
                 continue;
             };
             let is_held = layer.holdouts.iter().any(|&h| {
@@ -498,7 +503,7 @@ impl Snapshot {
             } else {
                 self.assign(li, layer, unit, ctx)
             };
-            layers.push((li, is_held, hit));
+            layers.push((is_held, hit));
         }
         for flag in self.flags.iter() {
             if !flag.enabled {
@@ -506,11 +511,10 @@ impl Snapshot {
                 continue;
             }
             let (is_held, hit) = match flag.layer {
-                Some(li) => layers
-                    .binary_search_by_key(&li, |(l, _, _)| *l)
-                    .ok()
-                    .and_then(|i| layers.get(i))
-                    .map_or((false, None), |&(_, is_held, hit)| (is_held, hit)),
+                Some(_) => layers
+                    .get(flag.slot as usize)
+                    .copied()
+                    .unwrap_or((false, None)),
                 None => (false, None),
             };
             let raw = if is_held {
