@@ -175,12 +175,11 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
 
     let c = cancel.clone();
     let svc = service.clone();
-    let incoming = listen::incoming(grpc_listener, limits.header_read_timeout);
     tasks.push((
         "grpc",
-        tokio::spawn(
-            async move { grpc::serve_with(incoming, svc, &guard, c.cancelled_owned()).await },
-        ),
+        tokio::spawn(async move {
+            grpc::serve_with(grpc_listener, svc, &guard, limits, c.cancelled_owned()).await
+        }),
     ));
 
     if let Some(path) = settings.config.clone() {

@@ -18,14 +18,16 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::metadata::{MetadataMap, MetadataValue};
-use tonic::transport::server::TcpIncoming;
+use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tonic_health::server::{HealthReporter, HealthService};
+use tower::Layer as _;
 
 use crate::guard::{self, Guard};
+use crate::listen::{self, HttpLimits, Listener};
 use crate::metrics::Transport;
 use crate::service::{AllocateView, RequestMeta, Service};
 
@@ -59,7 +61,8 @@ pub struct AllocatorService {
 }
 
 /// Serves `allot.v1.Allocator`, `grpc.health.v1.Health` and reflection (v1 and v1alpha) on
-/// `listener` (with `TCP_NODELAY`) until `shutdown` completes, then stops accepting and drains
+/// `listener` (plaintext, with `TCP_NODELAY`, the default `--header-read-timeout` of 5 s and
+/// header list limit of 32 KiB) until `shutdown` completes, then stops accepting and drains
 /// in-flight calls for at most [`DRAIN_TIMEOUT`].
 ///
 /// Health reports `NOT_SERVING` for the server (`""`) and `allot.v1.Allocator` until the
@@ -71,29 +74,34 @@ pub async fn serve(
     service: Service,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    serve_with(incoming, service, &Guard::unlimited(), shutdown).await
+    let limits = HttpLimits {
+        header_read_timeout: Duration::from_secs(5),
+        max_header_bytes: 32 * 1024,
+        drain_timeout: DRAIN_TIMEOUT,
+    };
+    // No TLS, so no handshake to time out.
+    let listener = Listener::new(listener, None, Duration::ZERO);
+    serve_with(listener, service, &Guard::unlimited(), limits, shutdown).await
 }
 
-/// [`serve`] over any stream of connections (plain or TLS, see [`crate::listen::incoming`]),
-/// every evaluation method behind `guard` (client tokens, concurrency limit, deadline; health
-/// and reflection stay open, see [`crate::guard`]).
-pub async fn serve_with<I, IO, IE>(
-    incoming: I,
+/// [`serve`] on `listener` (plain or TLS) with `limits`, every evaluation method behind `guard`
+/// (client tokens, concurrency limit, deadline; health and reflection stay open, see
+/// [`crate::guard`]).
+///
+/// Connections are served by [`listen::serve_grpc`] (hyper's HTTP/2 server over tonic's
+/// routes) rather than by `tonic::transport::Server`, so that, as on the HTTP port, an HTTP/2
+/// connection with no call in flight for `--header-read-timeout` (one that trickles its first
+/// HEADERS, or stays idle between calls) is closed with a GOAWAY, while streams stay open as
+/// long as they like. What tonic's server would add per connection is not needed here: the
+/// guard enforces `grpc-timeout` on the evaluation methods (health checks and reflection
+/// answer at once), every route is infallible, and no handler reads the peer's address.
+pub async fn serve_with(
+    listener: Listener,
     service: Service,
     guard: &Guard,
+    limits: HttpLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()>
-where
-    I: Stream<Item = Result<IO, IE>>,
-    IO: tokio::io::AsyncRead
-        + tokio::io::AsyncWrite
-        + tonic::transport::server::Connected
-        + Unpin
-        + Send
-        + 'static,
-    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let (reporter, _) = tonic_health::server::health_reporter();
@@ -119,34 +127,25 @@ where
         .build_v1alpha()
         .context("building the gRPC reflection service (v1alpha)")?;
 
-    let mut draining = stop_rx.clone();
     let signal = async move {
         shutdown.await;
         // Health first, so watchers see NOT_SERVING before their streams end.
         set_health(&reporter, ServingStatus::NotServing).await;
         let _ = stop_tx.send(true);
     };
-    let layer = guard.layer::<guard::Grpc>(service.metrics().map(|m| &**m));
-    let server = tonic::transport::Server::builder()
-        .layer(layer)
-        .add_service(health)
+    let routes = Routes::new(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(crate::flagd::v1_server(service.clone(), stop_rx.clone()))
         .add_service(crate::flagd::v2_server(service.clone(), stop_rx.clone()))
-        .add_service(allocator_server(service, stop_rx))
-        .serve_with_incoming_shutdown(incoming, signal);
-    let deadline = async move {
-        stopped(&mut draining).await;
-        tokio::time::sleep(DRAIN_TIMEOUT).await;
-    };
-    let result = tokio::select! {
-        result = server => result.context("serving gRPC"),
-        () = deadline => {
-            tracing::warn!(timeout = ?DRAIN_TIMEOUT, "gRPC drain timed out; closing remaining connections");
-            Ok(())
-        }
-    };
+        .add_service(allocator_server(service.clone(), stop_rx))
+        .prepare();
+    let routes = guard
+        .layer::<guard::Grpc>(service.metrics().map(|m| &**m))
+        .layer(routes);
+    let result = listen::serve_grpc(listener, routes, limits, signal)
+        .await
+        .context("serving gRPC");
     readiness.abort();
     result
 }

@@ -1,13 +1,35 @@
 //! The listeners of all three ports: accepts TCP (with `TCP_NODELAY`), optionally terminates
-//! TLS (rustls with the `ring` provider), and serves HTTP/1.1 and HTTP/2 connections for the
-//! axum routers ([`serve_http`]) or hands finished connections to tonic ([`incoming`]).
+//! TLS (rustls with the `ring` provider), and serves HTTP/1.1 and HTTP/2 connections with hyper
+//! for the axum routers ([`serve_http`]) and HTTP/2 connections for tonic's gRPC routes
+//! ([`serve_grpc`]).
 //!
 //! Slow clients never hold the accept loop: every connection's TLS handshake and protocol
 //! detection (HTTP/2 preface or not; on the gRPC port the preface is required) run in its own
-//! task, each under a deadline (`--tls-handshake-timeout`, `--header-read-timeout`). On HTTP/1, hyper closes a connection whose request head has not
-//! arrived within `--header-read-timeout` (no response is written; this also bounds how long an
-//! idle keep-alive connection stays open) and answers a head larger than `--max-header-bytes`
-//! (or with more than [`MAX_HEADERS`] headers) with `431 Request Header Fields Too Large`.
+//! task, each under a deadline (`--tls-handshake-timeout`, `--header-read-timeout`). On HTTP/1,
+//! hyper closes a connection whose request head has not arrived within `--header-read-timeout`
+//! (no response is written; this also bounds how long an idle keep-alive connection stays open)
+//! and answers a head larger than `--max-header-bytes` (or with more than [`MAX_HEADERS`]
+//! headers) with `431 Request Header Fields Too Large`.
+//!
+//! HTTP/2 has no such bound in hyper: past the preface, a client could trickle a HEADERS frame
+//! a byte a second, or just stay idle, and hold its connection (and its `--max-connections`
+//! slot) forever. So each HTTP/2 connection, on every port, counts the requests it has in
+//! flight, from the moment a request's head has arrived until its response, body included, is
+//! finished or dropped (a per-connection `Arc` of atomics, updated by a service wrapper; HTTP/1
+//! connections do not pay for it). Once a connection has had none for `--header-read-timeout`
+//! (counting from its preface, then from the end of its last response), it gets a graceful
+//! GOAWAY (hyper's `graceful_shutdown`: requests that crossed it are still served), and if it
+//! is still open and idle `--header-read-timeout` later (a client that never answers the
+//! GOAWAY's PING, or never sent its SETTINGS), it is dropped. A request in flight is never cut
+//! for this: a `WatchConfig` or flagd `EventStream` stream stays open for as long as it likes,
+//! and a slow request body is bounded by `--request-timeout` alone.
+//!
+//! The gRPC port is served here too, rather than by `tonic::transport::Server` (which drives
+//! its connections itself and offers no idle timeout that spares long streams): tonic's routes,
+//! behind the guard, are the service of the same HTTP/2 connections as the HTTP ports', so both
+//! get the same idle semantics, with a GOAWAY that clients (tonic, grpc-go, ...) take as a
+//! signal to reconnect for their next call. (An I/O-level wrapper under tonic could only have
+//! cut connections without a GOAWAY, failing a call that raced the close.)
 //!
 //! With `--max-connections`, each evaluation port counts its open connections. A connection
 //! past the cap is accepted and answered cheaply instead of being left in the kernel's backlog
@@ -20,37 +42,44 @@
 //! clients can queue inside the process and keeps file descriptors for the management port.
 //!
 //! Shutdown: stop accepting, close connections that are still handshaking, let in-flight
-//! requests finish (keep-alive connections close after their current request), and give up on
-//! the stragglers after [`crate::grpc::DRAIN_TIMEOUT`]. Must not know about routes or tokens.
+//! requests finish (keep-alive connections close after their current request, HTTP/2 ones get a
+//! GOAWAY and, once idle, are dropped after `--header-read-timeout` if the client does not
+//! close them), and give up on the stragglers after [`crate::grpc::DRAIN_TIMEOUT`]. Must not
+//! know about routes or tokens.
 
 use std::future::Future;
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use axum::Router;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
+use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::Connected;
 use tower::ServiceExt as _;
 
 /// Most headers an HTTP/1 request may carry (hyper's default, stated here so it is documented).
 pub const MAX_HEADERS: usize = 100;
+
+/// The error type hyper accepts from services and bodies.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// ALPN protocols offered on the HTTP ports: HTTP/2 first, then HTTP/1.1.
 pub const ALPN_HTTP: &[&[u8]] = &[b"h2", b"http/1.1"];
@@ -105,11 +134,12 @@ struct Handshake {
     timeout: Duration,
 }
 
-/// Per-connection HTTP limits of [`serve_http`].
+/// Per-connection HTTP limits of [`serve_http`] and [`serve_grpc`].
 #[derive(Debug, Clone, Copy)]
 pub struct HttpLimits {
     /// How long a client may take to send a request head (HTTP/1) or the first bytes of a
-    /// connection (protocol detection, both versions).
+    /// connection (protocol detection, both versions), and how long an HTTP/2 connection may
+    /// have no request in flight before it gets a GOAWAY (and then before it is dropped).
     pub header_read_timeout: Duration,
     /// Largest HTTP/1 request head, and the HTTP/2 header list limit, in bytes (at least 8192,
     /// hyper's minimum buffer).
@@ -176,6 +206,54 @@ pub async fn serve_http(
     limits: HttpLimits,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    serve(listener, router, limits, Port::Http, shutdown).await
+}
+
+/// Serves `service` (tonic's routes behind the guard, see [`crate::grpc::serve_with`]) on
+/// `listener` over HTTP/2 only (a connection must start with the preface; anything else is
+/// closed unanswered) until `shutdown` completes, then drains as the module docs say.
+pub async fn serve_grpc<S, B>(
+    listener: Listener,
+    service: S,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()>
+where
+    S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    serve(listener, service, limits, Port::Grpc, shutdown).await
+}
+
+/// What a port speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Port {
+    /// HTTP/1.1 and HTTP/2 (the evaluation and management APIs).
+    Http,
+    /// HTTP/2 only (gRPC).
+    Grpc,
+}
+
+/// The accept loop of [`serve_http`] and [`serve_grpc`].
+async fn serve<S, B>(
+    listener: Listener,
+    service: S,
+    limits: HttpLimits,
+    port: Port,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()>
+where
+    S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
     let graceful = GracefulShutdown::new();
     let closing = CancellationToken::new();
     tokio::pin!(shutdown);
@@ -198,7 +276,7 @@ pub async fn serve_http(
                         () = closing.cancelled() => return,
                     };
                     if let Some(conn) = conn {
-                        refuse(conn, refusal, timeout, false, closing).await;
+                        refuse(conn, refusal, timeout, port == Port::Grpc, closing).await;
                     }
                 });
                 continue;
@@ -206,7 +284,7 @@ pub async fn serve_http(
             Admission::Close => continue,
         };
         let watcher = graceful.watcher();
-        let router = router.clone();
+        let service = service.clone();
         tokio::spawn(async move {
             let _counted = counted;
             let conn = tokio::select! {
@@ -214,7 +292,7 @@ pub async fn serve_http(
                 () = closing.cancelled() => return,
             };
             if let Some(conn) = conn {
-                serve_connection(conn, router, limits, watcher, closing).await;
+                serve_connection(conn, service, limits, port, watcher, closing).await;
             }
         });
     }
@@ -225,85 +303,9 @@ pub async fn serve_http(
         .await
         .is_err()
     {
-        tracing::warn!(timeout = ?limits.drain_timeout, "HTTP drain timed out; closing remaining connections");
+        tracing::warn!(?port, timeout = ?limits.drain_timeout, "drain timed out; closing remaining connections");
     }
     Ok(())
-}
-
-/// The connections of `listener` for `tonic::transport::Server::serve_with_incoming_shutdown`,
-/// each after its TLS handshake and after the HTTP/2 preface arrived within
-/// `preface_timeout` (a client that connects and stays silent, or speaks anything but HTTP/2,
-/// is dropped instead of holding a connection). Accepting stops when the stream is dropped
-/// (tonic drops it as soon as its shutdown signal fires).
-pub fn incoming(
-    listener: Listener,
-    preface_timeout: Duration,
-) -> ReceiverStream<Result<Prefixed<Conn>, io::Error>> {
-    let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
-        loop {
-            let tcp = tokio::select! {
-                () = tx.closed() => return,
-                tcp = listener.accept() => tcp,
-            };
-            let (handshake, tx) = (listener.handshake.clone(), tx.clone());
-            let counted = match listener.admit() {
-                Admission::Serve(counted) => counted,
-                Admission::Refuse(counted, refusal) => {
-                    let closing = CancellationToken::new();
-                    tokio::spawn(async move {
-                        let _counted = counted;
-                        let conn = tokio::select! {
-                            conn = handshake.run(tcp) => conn,
-                            () = tx.closed() => return,
-                        };
-                        if let Some(conn) = conn {
-                            let refused = refuse(conn, refusal, preface_timeout, true, closing);
-                            tokio::select! {
-                                () = refused => {}
-                                () = tx.closed() => {}
-                            }
-                        }
-                    });
-                    continue;
-                }
-                Admission::Close => continue,
-            };
-            tokio::spawn(async move {
-                let ready = async {
-                    let mut conn = handshake.run(tcp).await?;
-                    match tokio::time::timeout(preface_timeout, read_preface(&mut conn)).await {
-                        Ok(Ok((true, prefix))) => Some(Prefixed {
-                            prefix,
-                            read: 0,
-                            inner: conn,
-                            _counted: counted,
-                        }),
-                        Ok(Ok((false, _))) => {
-                            tracing::debug!("not HTTP/2 on the gRPC port; closing");
-                            None
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, "gRPC connection closed before its preface");
-                            None
-                        }
-                        Err(_) => {
-                            tracing::debug!(timeout = ?preface_timeout, "no HTTP/2 preface in time; closing");
-                            None
-                        }
-                    }
-                };
-                let conn = tokio::select! {
-                    conn = ready => conn,
-                    () = tx.closed() => return,
-                };
-                if let Some(conn) = conn {
-                    let _ = tx.send(Ok(conn)).await;
-                }
-            });
-        }
-    });
-    ReceiverStream::new(rx)
 }
 
 // === impl Listener ===
@@ -455,7 +457,6 @@ async fn refuse(
             prefix,
             read: 0,
             inner: conn,
-            _counted: None,
         });
         if h2 {
             let first = Arc::new(Notify::new());
@@ -494,14 +495,23 @@ async fn refuse(
 }
 
 /// Serves one connection: detects HTTP/2 (its preface) or HTTP/1 from the first bytes within
-/// the header read timeout, then hands it to hyper under `watcher`.
-async fn serve_connection(
+/// the header read timeout, then hands it to hyper under `watcher` (HTTP/2: under
+/// [`drive_h2`], which also closes it once idle).
+async fn serve_connection<S, B>(
     mut conn: Conn,
-    router: Router,
+    service: S,
     limits: HttpLimits,
+    port: Port,
     watcher: Watcher,
     closing: CancellationToken,
-) {
+) where
+    S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
     let detected = tokio::select! {
         d = tokio::time::timeout(limits.header_read_timeout, read_preface(&mut conn)) => d,
         () = closing.cancelled() => return,
@@ -517,19 +527,40 @@ async fn serve_connection(
             return;
         }
     };
+    if port == Port::Grpc && !h2 {
+        tracing::debug!("not HTTP/2 on the gRPC port; closing");
+        return;
+    }
     let io = TokioIo::new(Prefixed {
         prefix,
         read: 0,
         inner: conn,
-        _counted: None,
     });
-    let service = TowerToHyperService::new(router);
     let result = if h2 {
+        // Only HTTP/2 pays for the in-flight tracking (see `Activity`).
+        let activity = Arc::new(Activity::new());
+        let service = Tracked {
+            inner: TowerToHyperService::new(service),
+            activity: activity.clone(),
+        };
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-        watcher.watch(builder.serve_connection(io, service)).await
+        if port == Port::Grpc {
+            // No cap on concurrent streams, as under `tonic::transport::Server`: a gRPC client
+            // multiplexes all its calls over one connection.
+            builder.max_concurrent_streams(None);
+        }
+        let conn = builder.serve_connection(io, service);
+        drive_h2(
+            conn,
+            &activity,
+            limits.header_read_timeout,
+            watcher,
+            closing,
+        )
+        .await
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
@@ -537,10 +568,240 @@ async fn serve_connection(
             .header_read_timeout(limits.header_read_timeout)
             .max_buf_size(limits.max_header_bytes.max(8192))
             .max_headers(MAX_HEADERS);
-        watcher.watch(builder.serve_connection(io, service)).await
+        watcher
+            .watch(builder.serve_connection(io, TowerToHyperService::new(service)))
+            .await
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "HTTP connection ended with an error");
+    }
+}
+
+/// Runs an HTTP/2 connection to its end, closing it once idle: when no request has been in
+/// flight (see [`Activity`]) for `timeout` (counting from the preface, then from the end of the
+/// last response), it is shut down gracefully (GOAWAY; hyper closes it once its streams are
+/// done and the client acknowledged the GOAWAY's PING). If it is still open and idle `timeout`
+/// after that (a client that never answers the PING, or never even sends its SETTINGS), it is
+/// dropped. A request in flight (a stream of hours, a slow request body) is never cut.
+///
+/// Server shutdown (`closing`) starts the same graceful shutdown; `watcher` is held until the
+/// connection ends, so [`GracefulShutdown::shutdown`] waits for it (`Watcher::watch` would
+/// drive the connection itself, leaving no room for this loop).
+async fn drive_h2<C>(
+    conn: C,
+    activity: &Activity,
+    timeout: Duration,
+    watcher: Watcher,
+    closing: CancellationToken,
+) -> Result<(), C::Error>
+where
+    C: GracefulConnection,
+{
+    let _watcher = watcher;
+    // Polled at every wake of this task: its own token, not the lock all connections share.
+    let closing = closing.child_token();
+    tokio::pin!(conn);
+    // When the GOAWAY went out (idle, or server shutdown).
+    let mut goaway: Option<Instant> = None;
+    // When to act, if idle: `timeout` after it became idle (or after the GOAWAY, if later).
+    let due = |goaway: Option<Instant>| {
+        activity
+            .idle_since()
+            .map(|since| goaway.map_or(since, |g| g.max(since)) + timeout)
+    };
+    loop {
+        let mut at = due(goaway);
+        if at.is_none() {
+            // Busy: ask to be told when it is not, then look again (an end in between would
+            // not be told).
+            activity.watching.store(true, Ordering::SeqCst);
+            at = due(goaway);
+            if at.is_some() {
+                activity.watching.store(false, Ordering::SeqCst);
+            }
+        }
+        tokio::select! {
+            // Most wakes are the connection's.
+            biased;
+            result = conn.as_mut() => return result,
+            () = closing.cancelled(), if goaway.is_none() => {
+                conn.as_mut().graceful_shutdown();
+                goaway = Some(Instant::now());
+            }
+            () = activity.ended.notified(), if at.is_none() => {
+                activity.watching.store(false, Ordering::SeqCst);
+            }
+            () = sleep_until(at) => {
+                // Requests may have started (and ended) since the sleep began.
+                if due(goaway).is_none_or(|at| Instant::now() < at) {
+                    continue;
+                }
+                if goaway.is_some() {
+                    tracing::debug!(?timeout, "idle HTTP/2 connection still open after its GOAWAY; dropping it");
+                    return Ok(());
+                }
+                tracing::debug!(?timeout, "HTTP/2 connection idle; closing it (GOAWAY)");
+                conn.as_mut().graceful_shutdown();
+                goaway = Some(Instant::now());
+            }
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever if `None`.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The requests in flight on one HTTP/2 connection, and since when there have been none. A
+/// request is in flight from the moment its head has arrived (the service is called) until its
+/// response, body included, is finished or dropped (see [`Tracked`]).
+///
+/// [`drive_h2`] reads it when a deadline is due, so a busy connection costs each request an
+/// atomic add, and a clock read, an atomic max, a subtraction and a load when it ends; the
+/// connection's task is only woken (`ended`) when it asked to be (`watching`), which it does
+/// when a deadline found requests in flight.
+#[derive(Debug)]
+struct Activity {
+    in_flight: AtomicUsize,
+    /// When `in_flight` last fell to 0, in nanoseconds since `epoch`.
+    idle_since: AtomicU64,
+    /// The connection's start (its preface has arrived).
+    epoch: Instant,
+    /// Whether `ended` is to be notified when `in_flight` falls to 0. Sequentially consistent
+    /// with `in_flight`: either the driver, after setting it, sees the count at 0, or the last
+    /// request, after its subtraction, sees it set.
+    watching: AtomicBool,
+    /// Notified when `in_flight` falls to 0 while `watching`.
+    ended: Notify,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            epoch: Instant::now(),
+            watching: AtomicBool::new(false),
+            ended: Notify::new(),
+        }
+    }
+
+    /// Since when the connection has had no request in flight; `None` while it has one.
+    fn idle_since(&self) -> Option<Instant> {
+        if self.in_flight.load(Ordering::SeqCst) != 0 {
+            return None;
+        }
+        let nanos = self.idle_since.load(Ordering::Acquire);
+        Some(self.epoch + Duration::from_nanos(nanos))
+    }
+}
+
+/// One request in flight on an HTTP/2 connection: counted in [`Activity`] until dropped.
+#[derive(Debug)]
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(activity: &Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::SeqCst);
+        Self(activity.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let activity = &*self.0;
+        // Stamped before the count falls, so whoever sees 0 also sees the new stamp.
+        let nanos = u64::try_from(activity.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        activity.idle_since.fetch_max(nanos, Ordering::AcqRel);
+        if activity.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
+            && activity.watching.load(Ordering::SeqCst)
+        {
+            activity.ended.notify_one();
+        }
+    }
+}
+
+/// An HTTP/2 connection's service: counts each request in [`Activity`] from its call until its
+/// response body is finished or dropped.
+#[derive(Debug, Clone)]
+struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for Tracked<S>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
+{
+    type Response = Response<TrackedBody<B>>;
+    type Error = S::Error;
+    type Future = TrackedFuture<S::Future>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let in_flight = InFlight::start(&self.activity);
+        TrackedFuture {
+            inner: self.inner.call(req),
+            in_flight: Some(in_flight),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`Tracked`]: hands its count on to the response body.
+    struct TrackedFuture<F> {
+        #[pin]
+        inner: F,
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl<F, B, E> Future for TrackedFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<TrackedBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = std::task::ready!(this.inner.poll(cx))?;
+        let in_flight = this.in_flight.take();
+        Poll::Ready(Ok(response.map(|inner| TrackedBody {
+            inner,
+            _in_flight: in_flight,
+        })))
+    }
+}
+
+pin_project! {
+    /// A response body of [`Tracked`]: its request stays in flight until it is dropped.
+    struct TrackedBody<B> {
+        #[pin]
+        inner: B,
+        _in_flight: Option<InFlight>,
+    }
+}
+
+impl<B: Body> Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -564,14 +825,12 @@ async fn read_preface<I: AsyncRead + Unpin>(io: &mut I) -> io::Result<(bool, Vec
     Ok((true, buf))
 }
 
-/// An I/O stream whose first reads replay the bytes protocol detection consumed; it holds the
-/// connection's count against `--max-connections` (gRPC connections live inside tonic).
+/// An I/O stream whose first reads replay the bytes protocol detection consumed.
 #[derive(Debug)]
-pub struct Prefixed<I> {
+struct Prefixed<I> {
     prefix: Vec<u8>,
     read: usize,
     inner: I,
-    _counted: Option<Counted>,
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
@@ -683,25 +942,6 @@ impl AsyncWrite for Conn {
     }
 }
 
-impl Connected for Prefixed<Conn> {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
-    }
-}
-
-impl Connected for Conn {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        match self {
-            Conn::Plain(s) => s.connect_info(),
-            Conn::Tls(s) => s.get_ref().0.connect_info(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -720,7 +960,6 @@ mod tests {
                 prefix,
                 read: 0,
                 inner: io,
-                _counted: None,
             };
             let mut all = Vec::new();
             replay.read_to_end(&mut all).await.unwrap();

@@ -149,12 +149,14 @@ pub struct Settings {
 
     /// How long an HTTP/1 client may take to send a request's headers (a connection's first
     /// request and every keep-alive one), and any client the first bytes of a connection (the
-    /// HTTP/2 preface on the gRPC port), before the connection is closed.
+    /// HTTP/2 preface on the gRPC port), before the connection is closed. Also how long an
+    /// HTTP/2 connection may stay without a request in flight (trickling its HEADERS, or idle)
+    /// before it gets a GOAWAY, and then before it is dropped if still open.
     #[arg(long, env = "ALLOT_HEADER_READ_TIMEOUT", default_value = "5s")]
     pub header_read_timeout: humantime::Duration,
 
     /// Largest HTTP/1 request head (request line and headers) in bytes, at least 8192; larger
-    /// ones get `431 Request Header Fields Too Large`. Also the HTTP/2 header list limit.
+    /// ones get `431 Request Header Fields Too Large`. Also the HTTP/2 header list limit (gRPC too).
     #[arg(long, env = "ALLOT_MAX_HEADER_BYTES", default_value_t = 32 * 1024,
           value_parser = clap::value_parser!(u32).range(8192..))]
     pub max_header_bytes: u32,

@@ -2,7 +2,9 @@
 //! (HTTP 503 + `Retry-After: 1`, gRPC `RESOURCE_EXHAUSTED`) while admitted ones stay correct,
 //! and everything succeeds again once the burst is over; `--request-timeout` and an incoming
 //! `grpc-timeout` cut slow requests; slow header senders are disconnected after
-//! `--header-read-timeout` while others are served; oversized heads get 431.
+//! `--header-read-timeout` while others are served (HTTP/2 too: a connection trickling its
+//! HEADERS, or idle after a request, is closed, while streams and slow bodies are never cut);
+//! oversized heads get 431.
 //!
 //! Saturation (`--shed-lag`): a runtime kept busy by CPU-bound tasks sheds new requests on every
 //! API and serves them again once the load stops. The connection cap (`--max-connections`):
@@ -500,6 +502,196 @@ async fn slow_header_senders_are_disconnected_and_others_served() {
         .get("/v1/config", &[("x-big", &"a".repeat(12_000))])
         .await;
     assert_eq!(r.status, 200);
+    server.shutdown().await.unwrap();
+}
+
+/// An HTTP/2 frame: its 9-byte header (`length`, `kind`, `flags`, `stream`), then `payload`.
+fn h2_frame(kind: u8, flags: u8, stream: u32, length: usize, payload: &[u8]) -> Vec<u8> {
+    let mut frame = u32::try_from(length).unwrap().to_be_bytes()[1..].to_vec();
+    frame.extend_from_slice(&[kind, flags]);
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// The types of the HTTP/2 frames in `bytes` (what a server sent on a connection).
+fn h2_frame_types(mut bytes: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    while bytes.len() >= 9 {
+        let length =
+            usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
+        types.push(bytes[3]);
+        bytes = &bytes[(9 + length).min(bytes.len())..];
+    }
+    types
+}
+
+/// The HTTP/2 GOAWAY frame type.
+const GOAWAY: u8 = 7;
+
+/// A raw h2c connection that sends the preface and its SETTINGS, then a HEADERS frame one byte
+/// every 100 ms (it announces 16000 bytes, so it never completes); returns the frame types the
+/// server sent once it closed the connection.
+async fn trickle_h2_headers(addr: SocketAddr) -> Vec<u8> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = tcp.into_split();
+    let writer = tokio::spawn(async move {
+        let mut start = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        start.extend(h2_frame(4, 0, 0, 0, &[])); // SETTINGS, defaults
+        start.extend(h2_frame(1, 0x4, 1, 16_000, &[])); // HEADERS, END_HEADERS, stream 1
+        if wr.write_all(&start).await.is_err() {
+            return;
+        }
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            // `:method: GET`, over and over.
+            if wr.write_all(&[0x82]).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(HANG, rd.read_to_end(&mut got)).await;
+    writer.abort();
+    assert!(
+        read.is_ok(),
+        "an HTTP/2 client trickling its HEADERS must be disconnected"
+    );
+    h2_frame_types(&got)
+}
+
+/// Sends `req` on a new HTTP/2 connection (hyper's client, which answers the server's PINGs);
+/// returns the response's status and `grpc-status` (in its headers or trailers) once the
+/// server has closed the then idle connection.
+async fn h2_once_then_idle(
+    addr: SocketAddr,
+    req: hyper::Request<http_body_util::Full<Bytes>>,
+) -> (u16, Option<String>) {
+    use http_body_util::BodyExt;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let res = sender.send_request(req).await.unwrap();
+    let status = res.status().as_u16();
+    let mut grpc_status = res.headers().get("grpc-status").cloned();
+    let body = res.into_body().collect().await.unwrap();
+    if let Some(trailers) = body.trailers() {
+        grpc_status = grpc_status.or_else(|| trailers.get("grpc-status").cloned());
+    }
+    let closed = tokio::time::timeout(HANG, conn).await;
+    assert!(
+        closed.is_ok(),
+        "an idle HTTP/2 connection must be closed by the server"
+    );
+    (status, grpc_status.map(|v| v.to_str().unwrap().to_owned()))
+}
+
+#[tokio::test]
+async fn slow_and_idle_http2_connections_are_closed_and_streams_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let timeout = Duration::from_millis(500);
+    let server = start_steady(
+        dir.path(),
+        &["--header-read-timeout", "500ms", "--request-timeout", "1h"],
+    )
+    .await;
+    let want = expected(&server);
+    let (addr, grpc_addr) = (server.http_addr, server.grpc_addr);
+
+    // HEADERS trickled byte by byte after a complete preface, on both ports: a GOAWAY, then
+    // (the client never answers its PING) the connection is dropped.
+    let trickled = [
+        tokio::spawn(trickle_h2_headers(addr)),
+        tokio::spawn(trickle_h2_headers(grpc_addr)),
+    ];
+    // One request, then idle: closed (hyper's client answers the GOAWAY's PING, so gracefully).
+    let idle_http = tokio::spawn(h2_once_then_idle(
+        addr,
+        net_support::request("POST", &format!("http://{addr}/v1/allocate"), &[], BODY),
+    ));
+    let health = hyper::Request::post(format!("http://{grpc_addr}/grpc.health.v1.Health/Check"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(http_body_util::Full::new(Bytes::from_static(&[
+            0, 0, 0, 0, 0,
+        ])))
+        .unwrap();
+    let idle_grpc = tokio::spawn(h2_once_then_idle(grpc_addr, health));
+
+    // Long-lived requests are never cut: a WatchConfig stream...
+    let channel = net_support::grpc_channel(&server).await;
+    let mut native = AllocatorClient::new(channel);
+    let mut watch = native
+        .watch_config(WatchConfigRequest { known_revision: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(watch.message().await.unwrap().unwrap().revision, 1);
+    // ...and an HTTP/2 request whose body arrives slowly.
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+    let req = hyper::Request::post(format!("http://{addr}/v1/allocate"))
+        .header("content-type", "application/json")
+        .body(StreamBody::new(ReceiverStream::new(rx)))
+        .unwrap();
+    tx.send(Ok(Frame::data(Bytes::from_static(&BODY.as_bytes()[..10]))))
+        .await
+        .unwrap();
+    let slow = tokio::spawn(sender.send_request(req));
+
+    // Meanwhile, normal clients are served.
+    let http = Client::plain(addr);
+    for _ in 0..5 {
+        let r = http.post("/v1/allocate", &[], BODY).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let req = net_support::request("POST", &format!("http://{addr}/v1/allocate"), &[], BODY);
+        let r = net_support::send_h2(tcp, req).await.unwrap();
+        assert_eq!(cells(&r.json()), want);
+        let reply = allocate(&mut native).await.unwrap();
+        assert_eq!(reply.allocations.len(), want.len());
+    }
+
+    // The slow and idle connections are closed.
+    for task in trickled {
+        let types = task.await.unwrap();
+        assert!(types.contains(&GOAWAY), "frames sent: {types:?}");
+    }
+    assert_eq!(idle_http.await.unwrap().0, 200);
+    assert_eq!(
+        idle_grpc.await.unwrap(),
+        (200, Some("0".to_owned())),
+        "health check answered"
+    );
+
+    // Well past the timeout, the long-lived requests are still open and still served.
+    tokio::time::sleep(timeout * 3).await;
+    tx.send(Ok(Frame::data(Bytes::from_static(&BODY.as_bytes()[10..]))))
+        .await
+        .expect("the slow request is still being read");
+    drop(tx);
+    let res = tokio::time::timeout(HANG, slow)
+        .await
+        .expect("the slow request is answered")
+        .unwrap()
+        .expect("the slow request's connection stayed open");
+    assert_eq!(res.status(), 200);
+    let config = server.store().load_full().unwrap().config().clone();
+    server.store().apply(&config, Some(2), None).unwrap();
+    let update = tokio::time::timeout(HANG, watch.message())
+        .await
+        .expect("the stream gets its update")
+        .expect("the stream stayed open")
+        .expect("the stream did not end");
+    assert_eq!(update.revision, 2);
     server.shutdown().await.unwrap();
 }
 
