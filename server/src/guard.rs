@@ -14,7 +14,13 @@
 //!    atomic load.
 //! 5. Anything else takes one of `--max-concurrency` slots (one atomic add, no queue, no
 //!    allocation) or is shed the same way.
-//! 6. It then runs under `--request-timeout` (gRPC: or the caller's shorter `grpc-timeout`);
+//! 6. While the last lag sample was above `--shed-lag`, the admission time is noted, and a
+//!    request that then waits in the run queue longer than `--shed-lag` before it first runs
+//!    is shed after all, unread (its handler never runs). Over HTTP/2 and gRPC, where hyper
+//!    admits every stream as its HEADERS arrive and queues it as a task, this keeps the
+//!    admitted requests' queueing under the target however long the queue grows; over HTTP/1
+//!    a request runs as soon as it is admitted, so it never applies.
+//! 7. It then runs under `--request-timeout` (gRPC: or the caller's shorter `grpc-timeout`);
 //!    past it: HTTP 503 `TIMEOUT`, gRPC `DEADLINE_EXCEEDED`. 503 rather than 408, because the
 //!    server, not the client, was too slow.
 //!
@@ -42,7 +48,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -76,6 +82,10 @@ struct Shared {
     /// The share of guarded requests to shed now, in 1/[`SHARE_ONE`]; 0 unless saturated.
     /// Written by [`watch_saturation`] only.
     shed_share: AtomicU32,
+    /// `--shed-lag` in µs while the last lag sample was above it, else 0: then a request
+    /// admitted now is shed after all if it waits longer than that before it first runs (see
+    /// [`GuardFuture`]). Written by [`watch_saturation`] only.
+    age_limit_us: AtomicU64,
 }
 
 /// The share of requests to shed that means "all of them" (shares are in 1/1024).
@@ -206,6 +216,7 @@ impl Guard {
                 max: i64::try_from(options.max_concurrency.max(1)).unwrap_or(i64::MAX),
                 timeout: options.request_timeout,
                 shed_share: AtomicU32::new(0),
+                age_limit_us: AtomicU64::new(0),
             }),
         }
     }
@@ -364,7 +375,18 @@ pub async fn watch_saturation(guard: Guard, options: SaturationOptions, cancel: 
         let start = Instant::now();
         tokio::task::yield_now().await;
         let now = Instant::now();
-        let share = control.observe(now, now.saturating_duration_since(start));
+        let lag = now.saturating_duration_since(start);
+        let limit = if lag > options.target {
+            u64::try_from(options.target.as_micros())
+                .unwrap_or(u64::MAX)
+                .max(1)
+        } else {
+            0
+        };
+        if limit != shared.age_limit_us.load(Ordering::Relaxed) {
+            shared.age_limit_us.store(limit, Ordering::Relaxed);
+        }
+        let share = control.observe(now, lag);
         if share != shared.shed_share.load(Ordering::Relaxed) {
             if share == 0 {
                 tracing::debug!("scheduling lag back under --shed-lag; no longer shedding");
@@ -375,6 +397,7 @@ pub async fn watch_saturation(guard: Guard, options: SaturationOptions, cancel: 
         }
     }
     shared.shed_share.store(0, Ordering::Relaxed);
+    shared.age_limit_us.store(0, Ordering::Relaxed);
 }
 
 // === impl GuardLayer ===
@@ -430,12 +453,17 @@ where
             return GuardFuture::rejected(class, ApiError::Overloaded);
         };
         let deadline = F::deadline(req.headers(), scope.guard.shared.timeout);
+        // While the runtime lags, note when the request was admitted: if it then waits in the
+        // run queue past `--shed-lag` before it first runs, it is shed unread after all.
+        let age_limit = scope.guard.shared.age_limit_us.load(Ordering::Relaxed);
+        let admitted = (age_limit != 0).then(|| (Instant::now(), Duration::from_micros(age_limit)));
         GuardFuture {
             state: State::Limited {
                 inner: tokio::time::timeout(deadline, self.inner.call(req)),
                 permit,
                 class,
                 deadline,
+                admitted,
             },
         }
     }
@@ -461,6 +489,9 @@ pin_project! {
             permit: Permit,
             class: Class,
             deadline: Duration,
+            // When it was admitted and how long it may wait to first run (set while lagging;
+            // cleared by the first poll).
+            admitted: Option<(Instant, Duration)>,
         },
         // Refused before the inner service was called.
         Rejected { response: Option<Response<F::Body>> },
@@ -498,15 +529,27 @@ where
                 permit,
                 class,
                 deadline,
-            } => match inner.poll(cx) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(Ok(result)) => Poll::Ready(result),
-                Poll::Ready(Err(_elapsed)) => {
-                    permit.0.count(Rejection::Timeout);
-                    let ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
-                    Poll::Ready(Ok(F::reject(*class, ApiError::Timeout { ms })))
+                admitted,
+            } => {
+                if let Some((at, limit)) = admitted.take()
+                    && at.elapsed() > limit
+                {
+                    // Queued behind other work for longer than `--shed-lag`: its caller has
+                    // waited enough, and serving it would only make the queue behind it wait
+                    // longer. The inner future has not run, so nothing was read or evaluated.
+                    permit.0.count(Rejection::Overload);
+                    return Poll::Ready(Ok(F::reject(*class, ApiError::Saturated)));
                 }
-            },
+                match inner.poll(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Ok(result)) => Poll::Ready(result),
+                    Poll::Ready(Err(_elapsed)) => {
+                        permit.0.count(Rejection::Timeout);
+                        let ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
+                        Poll::Ready(Ok(F::reject(*class, ApiError::Timeout { ms })))
+                    }
+                }
+            }
             StateProj::Rejected { response } => match response.take() {
                 Some(r) => Poll::Ready(Ok(r)),
                 // Polled after completion: a caller bug; answer rather than panic.
@@ -747,6 +790,70 @@ mod tests {
             let want = usize::try_from(share * 16).unwrap();
             assert!(shed.abs_diff(want) <= 16, "share {share}: {shed} of {want}");
         }
+    }
+
+    /// While the runtime lags, a request that waits in the run queue past `--shed-lag` before
+    /// it first runs is shed unread (its handler never runs); one that runs in time, or any
+    /// request admitted while the runtime keeps up, is served.
+    #[tokio::test]
+    async fn requests_queued_past_the_lag_target_are_shed_unread() {
+        use std::sync::atomic::AtomicUsize;
+        use tower::Service as _;
+
+        let guard = Guard::new(GuardOptions {
+            tokens: None,
+            max_concurrency: 100,
+            request_timeout: Duration::from_secs(60),
+            in_flight: Gauge::default(),
+        });
+        let ran = Arc::new(AtomicUsize::new(0));
+        let handler = {
+            let ran = ran.clone();
+            tower::service_fn(move |_req: Request<axum::body::Body>| {
+                let ran = ran.clone();
+                async move {
+                    ran.fetch_add(1, Ordering::Relaxed);
+                    Ok::<_, std::convert::Infallible>(Response::new(axum::body::Body::empty()))
+                }
+            })
+        };
+        let mut svc = tower::Layer::layer(&guard.layer::<Http>(None), handler);
+        let request = || {
+            Request::post("/v1/allocate")
+                .body(axum::body::Body::empty())
+                .unwrap()
+        };
+        let queued = Duration::from_millis(5);
+        let cases = [
+            // (age limit in µs: 0 = not lagging, queued before the first poll, served?)
+            (1_000, queued, false),
+            (60_000_000, Duration::ZERO, true),
+            (0, queued, true),
+        ];
+        for (limit, wait, served) in cases {
+            guard.shared.age_limit_us.store(limit, Ordering::Relaxed);
+            let before = ran.load(Ordering::Relaxed);
+            let fut = svc.call(request());
+            // At least `wait` (sleep never returns early): more than the 1 ms limit.
+            std::thread::sleep(wait);
+            let res = fut.await.unwrap();
+            let ran_now = ran.load(Ordering::Relaxed) - before;
+            if served {
+                assert_eq!(
+                    (res.status().as_u16(), ran_now),
+                    (200, 1),
+                    "limit {limit} µs"
+                );
+            } else {
+                assert_eq!(
+                    (res.status().as_u16(), ran_now),
+                    (503, 0),
+                    "limit {limit} µs"
+                );
+                assert_eq!(res.headers()["retry-after"], "1");
+            }
+        }
+        assert_eq!(guard.in_flight(), 0);
     }
 
     #[test]
