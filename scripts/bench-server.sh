@@ -10,8 +10,10 @@
 #   2. the same server with the assignment log on (a file in $OUT): native HTTP;
 #   3. allot-server on a generated 10,000-experiment config: idle RSS only;
 #   4. allot-server on a generated 100-flag config: OFREP bulk at $BULK_RATE;
-#   5. allot-hello (a hello-world axum server, the floor): native HTTP; and its gRPC floor (a
-#      tonic `Allocate` answering `{revision: 1}`), which shows what tonic and HTTP/2 alone cost;
+#   5. allot-hello (a hello-world axum server, the floor): native HTTP (at $RATE, and at
+#      $BULK_RATE for the 100-flag bulk row: CPU per request falls as the rate rises, so the
+#      bulk row needs a floor at its own rate); and its gRPC floor (a tonic `Allocate`
+#      answering `{revision: 1}`), which shows what tonic and HTTP/2 alone cost;
 # and prints one table (latency, achieved rate, errors, shed, server CPU per request) followed
 # by each target of issue 7 with its measured value. Every run is bounded by WARMUP + DURATION;
 # servers are stopped on exit. `uptime` is printed before and after.
@@ -42,7 +44,7 @@ token="bench-$$-$RANDOM"
 echo "== $(date -u +%FT%TZ) $(nproc) CPUs; $(uptime)" >&2
 cargo build --release --locked -p allot-server -p allot-loadtest --bins
 bin="${CARGO_TARGET_DIR:-target}/release"
-RUNS="${RUNS:-floor floor-h2 floor-grpc http http2 ofrep ofrep-bulk bulk100 grpc flagd flagd-all swap log}"
+RUNS="${RUNS:-floor floor-h2 floor-grpc floor-bulk http http2 ofrep ofrep-bulk bulk100 grpc flagd flagd-all swap log}"
 want() { [[ " $RUNS " == *" $1 "* ]]; }
 
 pin() { # pin CPU command...
@@ -150,6 +152,7 @@ wait_http "http://127.0.0.1:$http_port/v1/allocate"
 load floor http "$http_port" "$hello"
 load floor-h2 http "$http_port" "$hello" --http2
 load floor-grpc grpc "$grpc_port" "$hello"
+RATE="$BULK_RATE" load floor-bulk http "$http_port" "$hello"
 kill "$hello"; wait "$hello" 2>/dev/null || true
 echo "== done $(date -u +%FT%TZ); $(uptime)" >&2
 
@@ -161,6 +164,7 @@ runs = [
     ("floor", "hello-world floor, HTTP/1.1"),
     ("floor-h2", "hello-world floor, HTTP/2"),
     ("floor-grpc", "hello-world floor, gRPC `Allocate` (tonic)"),
+    ("floor-bulk", "hello-world floor, HTTP/1.1, at the bulk rate"),
     ("http", "native HTTP `/v1/allocate`"),
     ("http2", "native HTTP `/v1/allocate`, HTTP/2"),
     ("ofrep", "OFREP single flag (`prefetch`)"),
@@ -198,6 +202,7 @@ target(["grpc"], "gRPC p99 < 1 ms", lambda: f"{ms(lat('grpc', 'p99'))} ms ({r['g
 target(["grpc", "floor"], "gRPC CPU/request ≤ 2× floor", lambda: f"{cpu('grpc') / cpu('floor'):.2f}× ({cpu('grpc'):.1f} vs {cpu('floor'):.1f} µs)", lambda: cpu("grpc") <= 2 * cpu("floor"))
 target(["grpc", "floor-grpc"], "(diagnostic) gRPC CPU/request vs the gRPC floor", lambda: f"{cpu('grpc') / cpu('floor-grpc'):.2f}× ({cpu('grpc'):.1f} vs {cpu('floor-grpc'):.1f} µs)", lambda: True)
 target(["bulk100"], "OFREP bulk, 100 flags ≤ 40 µs CPU/request", lambda: f"{cpu('bulk100'):.1f} µs", lambda: cpu("bulk100") <= 40)
+target(["bulk100", "floor-bulk"], "(diagnostic) OFREP bulk, 100 flags, over the floor at the same rate", lambda: f"+{cpu('bulk100') - cpu('floor-bulk'):.1f} µs ({cpu('bulk100'):.1f} vs {cpu('floor-bulk'):.1f} µs)", lambda: True)
 target(["swap"], "swaps every 100 ms: zero errors", lambda: f"{r['swap']['errors']} errors, {sw()['ok']} swaps ok, {sw()['failed']} failed", lambda: r["swap"]["errors"] == 0 and sw()["failed"] == 0 and sw()["ok"] > 0)
 target(["swap", "http"], "swaps: p99 within 1.2× of the same run without", lambda: f"{lat('swap', 'p99') / lat('http', 'p99'):.2f}× ({ms(lat('swap', 'p99'))} vs {ms(lat('http', 'p99'))} ms)", lambda: lat("swap", "p99") <= 1.2 * lat("http", "p99"))
 target(["log", "http"], "assignment log on: p99 within 1.1× of off", lambda: f"{lat('log', 'p99') / lat('http', 'p99'):.2f}× ({ms(lat('log', 'p99'))} vs {ms(lat('http', 'p99'))} ms)", lambda: lat("log", "p99") <= 1.1 * lat("http", "p99"))
