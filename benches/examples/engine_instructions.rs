@@ -10,7 +10,8 @@
 //! ```
 //!
 //! Paths: `one` (one 50/50 flag), `eq` (the same with an `eq` constraint), `rollout`, `all`
-//! (`resolve_all` over 100 flags), `alloc` (`allocate` across 500 layers), and `client` (the
+//! (`resolve_all` over 100 flags), `alloc` (`allocate` across 500 layers), `compile` (10,000
+//! experiments; run it for a few iterations, not 20,000), and `client` (the
 //! one-flag config through `allot::Client::resolve`, the owned answer, issue 5's ratio). Instruction counts do
 //! not depend on the machine's load, unlike the criterion benches' times.
 
@@ -44,6 +45,11 @@ fn step_client_resolve(client: &allot::Client, key: &str, ctx: &Context) -> bool
 fn step_resolve_all<'s>(s: &'s Snapshot, ctx: &Context, out: &mut Vec<Resolution<'s>>) -> usize {
     s.resolve_all_into(black_box(ctx), out);
     out.len()
+}
+
+#[inline(never)]
+fn step_compile(config: &allot::Config) -> usize {
+    allot::compile(black_box(config), 1).map_or(0, |s| s.experiment_count())
 }
 
 #[inline(never)]
@@ -109,8 +115,15 @@ fn main() {
                 total += step_allocate(&snapshot, &ctxs[i & MASK], &mut out);
             }
         }
+        "compile" => {
+            // Counts the build and the drop of each snapshot (the bench drops it too).
+            let config = ten_thousand_experiments();
+            for _ in 0..iterations {
+                total += step_compile(&config);
+            }
+        }
         other => {
-            eprintln!("unknown path `{other}`: one, eq, rollout, all, alloc or client");
+            eprintln!("unknown path `{other}`: one, eq, rollout, all, alloc, compile or client");
             std::process::exit(2);
         }
     }

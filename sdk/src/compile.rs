@@ -19,6 +19,10 @@ use crate::snapshot::{
     Action, Cell, DEFAULT_UNIT, Experiment, Flag, Holdout, Layer, Owner, Rule, Snapshot,
 };
 
+/// Id tables of one compile (duplicate checks, references by id): a fixed-seed hasher, as ids
+/// come from the config being compiled.
+type IdMap<'a, V> = HashMap<&'a str, V, FixedState>;
+
 /// Largest bucket count of a layer or holdout.
 pub const MAX_BUCKETS: u32 = 1_000_000;
 
@@ -59,11 +63,11 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
     conds.compile_segments();
 
     // --- layers
-    let mut layer_ids: HashMap<&str, u32> = HashMap::new();
+    let mut layer_ids: IdMap<'_, u32> = IdMap::default();
     let mut layers: Vec<Layer> = Vec::with_capacity(config.layers.len());
     for (i, l) in config.layers.iter().enumerate() {
         let path = format!("layers[{i}]");
-        cx.id(&format!("{path}.id"), "layer id", &l.id);
+        cx.id(|| format!("{path}.id"), "layer id", &l.id);
         if layer_ids.insert(&l.id, i as u32).is_some() {
             cx.err(
                 format!("{path}.id"),
@@ -73,7 +77,7 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
                 },
             );
         }
-        let salt = cx.salt(&format!("{path}.salt"), l.salt.as_deref(), &l.id);
+        let salt = cx.salt(|| format!("{path}.salt"), l.salt.as_deref(), &l.id);
         layers.push(Layer {
             id: l.id.as_str().into(),
             seed: seed(salt),
@@ -86,9 +90,9 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
     }
 
     // --- flags (before experiments: cells refer to them)
-    let mut flag_ids: HashMap<&str, u32> = HashMap::new();
+    let mut flag_ids: IdMap<'_, u32> = IdMap::default();
     let mut flags: Vec<Flag> = Vec::with_capacity(config.flags.len());
-    let mut variant_ids: Vec<HashMap<&str, u32>> = Vec::with_capacity(config.flags.len());
+    let mut variant_ids: Vec<IdMap<'_, u32>> = Vec::with_capacity(config.flags.len());
     for (i, f) in config.flags.iter().enumerate() {
         let path = format!("flags[{i}]");
         if !is_valid_flag_key(&f.key) {
@@ -116,18 +120,19 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
     }
 
     // --- experiments
-    let mut owner_ids: HashMap<&str, String> = HashMap::new(); // id -> path, shared with holdouts
+    // Experiment and holdout ids share one namespace.
+    let mut owner_ids: IdMap<'_, ()> = IdMap::default();
     let mut experiments: Vec<Experiment> = Vec::with_capacity(config.experiments.len());
     // Per experiment, what its owned ranges carry (see `Owner`).
     let mut metas: Vec<Owner> = Vec::with_capacity(config.experiments.len());
     let mut cells: Vec<Cell> = Vec::with_capacity(config.experiments.len() * 2);
-    // (layer, start, end, experiment, path) for the overlap check.
-    let mut claims: Vec<(u32, u32, u32, u32, String)> = Vec::new();
+    // (layer, start, end, experiment, range index) for the overlap check.
+    let mut claims: Vec<(u32, u32, u32, u32, u32)> = Vec::new();
     let mut flag_layer: Vec<Option<(u32, String)>> = vec![None; flags.len()];
     for (i, e) in config.experiments.iter().enumerate() {
         let path = format!("experiments[{i}]");
-        cx.id(&format!("{path}.id"), "experiment id", &e.id);
-        if owner_ids.insert(&e.id, path.clone()).is_some() {
+        cx.id(|| format!("{path}.id"), "experiment id", &e.id);
+        if owner_ids.insert(&e.id, ()).is_some() {
             cx.err(
                 format!("{path}.id"),
                 ErrorKind::DuplicateId {
@@ -148,14 +153,16 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
         }
         let layer = li.and_then(|li| layers.get(li as usize));
         for (r, text) in e.ranges.iter().enumerate() {
-            let rpath = format!("{path}.ranges[{r}]");
-            let Some((start, end)) = cx.range(&rpath, text) else {
+            // Paths are only built for errors: a valid 10,000-experiment config would spend
+            // more on formatting them than on the rest of its compile.
+            let rpath = || format!("{path}.ranges[{r}]");
+            let Some((start, end)) = cx.range(rpath, text) else {
                 continue;
             };
             if let (Some(li), Some(layer)) = (li, layer) {
                 if end > layer.buckets {
                     cx.err(
-                        rpath,
+                        rpath(),
                         ErrorKind::RangeExceeds {
                             range: format!("{start}..{end}"),
                             scope: format!("layer {}", layer.id),
@@ -163,26 +170,26 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
                         },
                     );
                 } else {
-                    claims.push((li, start, end, i as u32, rpath));
+                    claims.push((li, start, end, i as u32, r as u32));
                 }
             }
         }
-        let when = conds.compile_opt(e.when.as_ref(), &format!("{path}.when"));
+        let when = conds.compile_opt(e.when.as_ref(), || format!("{path}.when"));
         if e.cells.is_empty() {
             cx.err(
                 format!("{path}.cells"),
                 ErrorKind::EmptyList { what: "cells" },
             );
         }
-        let mut cell_ids: HashMap<&str, ()> = HashMap::new();
+        let mut cell_ids: IdMap<'_, ()> = IdMap::default();
         let mut end = 0u64;
         let first_cell = cells.len() as u32;
         for (c, cell) in e.cells.iter().enumerate() {
-            let cpath = format!("{path}.cells[{c}]");
-            cx.id(&format!("{cpath}.id"), "cell id", &cell.id);
+            let cpath = || format!("{path}.cells[{c}]");
+            cx.id(|| format!("{}.id", cpath()), "cell id", &cell.id);
             if cell_ids.insert(&cell.id, ()).is_some() {
                 cx.err(
-                    format!("{cpath}.id"),
+                    format!("{}.id", cpath()),
                     ErrorKind::DuplicateId {
                         what: "cell id",
                         id: cell.id.clone(),
@@ -192,10 +199,10 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
             end += u64::from(cell.weight);
             let mut selected = Vec::with_capacity(cell.flags.len());
             for (key, variant) in &cell.flags {
-                let fpath = format!("{cpath}.flags.{key}");
+                let fpath = || format!("{}.flags.{key}", cpath());
                 let Some(&fi) = flag_ids.get(key.as_str()) else {
                     cx.err(
-                        fpath,
+                        fpath(),
                         ErrorKind::Unknown {
                             what: "flag",
                             id: key.clone(),
@@ -209,7 +216,7 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
                 {
                     Some(&vi) => selected.push((fi, vi)),
                     None => cx.err(
-                        fpath.clone(),
+                        fpath(),
                         ErrorKind::UnknownVariant {
                             flag: key.clone(),
                             variant: variant.clone(),
@@ -220,7 +227,7 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
                     match slot {
                         None => *slot = Some((li, e.layer.clone())),
                         Some((first, first_id)) if *first != li => cx.err(
-                            fpath,
+                            fpath(),
                             ErrorKind::FlagInTwoLayers {
                                 flag: key.clone(),
                                 first: first_id.clone(),
@@ -241,7 +248,7 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
         if !e.cells.is_empty() && end == 0 {
             cx.err(format!("{path}.cells"), ErrorKind::ZeroWeight);
         }
-        let salt = cx.salt(&format!("{path}.salt"), e.salt.as_deref(), &e.id);
+        let salt = cx.salt(|| format!("{path}.salt"), e.salt.as_deref(), &e.id);
         metas.push(Owner {
             experiment: i as u32,
             experiment_id: e.id.as_str().into(),
@@ -258,13 +265,13 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
     claims.sort_by_key(|c| (c.0, c.1, c.2));
     let mut per_layer: Vec<Vec<(u32, u32, u32)>> = (0..layers.len()).map(|_| Vec::new()).collect();
     let mut prev: Option<(u32, u32, u32, u32)> = None; // layer, start, end, experiment of the furthest-reaching claim
-    for (li, start, end, exp, path) in claims {
+    for (li, start, end, exp, r) in claims {
         if let Some((pl, ps, pe, pexp)) = prev
             && pl == li
             && start < pe
         {
             cx.err(
-                path,
+                format!("experiments[{exp}].ranges[{r}]"),
                 ErrorKind::Overlap {
                     range: format!("{start}..{end}"),
                     other_range: format!("{ps}..{pe}"),
@@ -301,8 +308,8 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
     let mut covering: Vec<Vec<u32>> = (0..layers.len()).map(|_| Vec::new()).collect();
     for (i, h) in config.holdouts.iter().enumerate() {
         let path = format!("holdouts[{i}]");
-        cx.id(&format!("{path}.id"), "holdout id", &h.id);
-        if owner_ids.insert(&h.id, path.clone()).is_some() {
+        cx.id(|| format!("{path}.id"), "holdout id", &h.id);
+        if owner_ids.insert(&h.id, ()).is_some() {
             cx.err(
                 format!("{path}.id"),
                 ErrorKind::DuplicateId {
@@ -315,7 +322,7 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
         let mut ranges: Vec<(u32, u32, String)> = Vec::new();
         for (r, text) in h.ranges.iter().enumerate() {
             let rpath = format!("{path}.ranges[{r}]");
-            let Some((start, end)) = cx.range(&rpath, text) else {
+            let Some((start, end)) = cx.range(|| rpath.clone(), text) else {
                 continue;
             };
             if end > buckets {
@@ -373,7 +380,7 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
                 ),
             }
         }
-        let salt = cx.salt(&format!("{path}.salt"), h.salt.as_deref(), &h.id);
+        let salt = cx.salt(|| format!("{path}.salt"), h.salt.as_deref(), &h.id);
         holdouts.push(Holdout {
             id: h.id.as_str().into(),
             seed: seed(salt),
@@ -442,10 +449,10 @@ impl Cx<'_> {
         self.errors.push(ConfigError::new(path, kind));
     }
 
-    fn id(&mut self, path: &str, what: &'static str, id: &str) {
+    fn id(&mut self, path: impl FnOnce() -> String, what: &'static str, id: &str) {
         if !is_valid_id(id) {
             self.err(
-                path,
+                path(),
                 ErrorKind::InvalidId {
                     what,
                     id: id.to_owned(),
@@ -455,10 +462,15 @@ impl Cx<'_> {
         }
     }
 
-    fn salt<'a>(&mut self, path: &str, salt: Option<&'a str>, id: &'a str) -> &'a str {
+    fn salt<'a>(
+        &mut self,
+        path: impl FnOnce() -> String,
+        salt: Option<&'a str>,
+        id: &'a str,
+    ) -> &'a str {
         match salt {
             Some("") => {
-                self.err(path, ErrorKind::Empty { what: "salt" });
+                self.err(path(), ErrorKind::Empty { what: "salt" });
                 ""
             }
             Some(s) => s,
@@ -493,13 +505,13 @@ impl Cx<'_> {
     }
 
     /// Parses `"start..end"` (half-open, start < end).
-    fn range(&mut self, path: &str, text: &str) -> Option<(u32, u32)> {
+    fn range(&mut self, path: impl FnOnce() -> String, text: &str) -> Option<(u32, u32)> {
         let fail = |reason| ErrorKind::InvalidRange {
             range: text.to_owned(),
             reason,
         };
         let Some((a, b)) = text.split_once("..") else {
-            self.err(path, fail("expected `start..end`"));
+            self.err(path(), fail("expected `start..end`"));
             return None;
         };
         let num = |s: &str| {
@@ -513,11 +525,11 @@ impl Cx<'_> {
         match (num(a), num(b)) {
             (Some(start), Some(end)) if start < end => Some((start, end)),
             (Some(_), Some(_)) => {
-                self.err(path, fail("start must be less than end"));
+                self.err(path(), fail("start must be less than end"));
                 None
             }
             _ => {
-                self.err(path, fail("start and end must be whole numbers"));
+                self.err(path(), fail("start and end must be whole numbers"));
                 None
             }
         }
@@ -529,18 +541,18 @@ impl Cx<'_> {
         index: u32,
         path: &str,
         conds: &mut Compiler<'_>,
-    ) -> (Flag, HashMap<&'c str, u32>) {
+    ) -> (Flag, IdMap<'c, u32>) {
         if f.variants.is_empty() {
             self.err(
                 format!("{path}.variants"),
                 ErrorKind::EmptyList { what: "variants" },
             );
         }
-        let mut names = HashMap::with_capacity(f.variants.len());
+        let mut names = IdMap::with_capacity_and_hasher(f.variants.len(), FixedState::default());
         let mut variants = Vec::with_capacity(f.variants.len());
         for (name, value) in &f.variants {
             let vpath = format!("{path}.variants.{name}");
-            self.id(&vpath, "variant name", name);
+            self.id(|| vpath.clone(), "variant name", name);
             names.insert(name.as_str(), variants.len() as u32);
             let value = match typed(f.kind, value) {
                 Some(v) => v,
@@ -574,7 +586,7 @@ impl Cx<'_> {
         let mut rules = Vec::with_capacity(f.rules.len());
         for (r, rule) in f.rules.iter().enumerate() {
             let rpath = format!("{path}.rules[{r}]");
-            let when = conds.compile_opt(rule.when.as_ref(), &format!("{rpath}.when"));
+            let when = conds.compile_opt(rule.when.as_ref(), || format!("{rpath}.when"));
             let action = match rule {
                 RuleConfig {
                     variant: Some(v),
@@ -602,8 +614,11 @@ impl Cx<'_> {
                     if !ro.split.is_empty() && end == 0 {
                         self.err(spath, ErrorKind::ZeroWeight);
                     }
-                    let salt =
-                        self.salt(&format!("{rpath}.rollout.salt"), ro.salt.as_deref(), &f.key);
+                    let salt = self.salt(
+                        || format!("{rpath}.rollout.salt"),
+                        ro.salt.as_deref(),
+                        &f.key,
+                    );
                     Action::Rollout {
                         seed: seed(salt),
                         unit: self.unit(&format!("{rpath}.rollout.unit"), ro.unit.as_deref()),

@@ -321,10 +321,15 @@ impl<'a> Compiler<'a> {
     }
 
     /// Compiles an optional condition; absent is `True`.
-    pub(crate) fn compile_opt(&mut self, v: Option<&Value>, path: &str) -> Condition {
+    /// Compiles an optional condition; absent is `True`. `path` is only built when present.
+    pub(crate) fn compile_opt(
+        &mut self,
+        v: Option<&Value>,
+        path: impl FnOnce() -> String,
+    ) -> Condition {
         match v {
             None => Condition::True,
-            Some(v) => self.compile(v, path, 0),
+            Some(v) => self.compile(v, &path(), 0),
         }
     }
 
@@ -581,7 +586,7 @@ mod tests {
     fn check(cond: Value, ctx: Value, expected: bool) {
         let segments = BTreeMap::from([("tv".to_owned(), json!({"platform": "tv"}))]);
         let mut c = Compiler::new(&segments);
-        let compiled = c.compile_opt(Some(&cond), "when");
+        let compiled = c.compile_opt(Some(&cond), || "when".to_owned());
         assert!(c.errors.is_empty(), "{cond}: {:?}", c.errors);
         let ctx: Context = serde_json::from_value(ctx).unwrap();
         assert_eq!(compiled.eval(&ctx), expected, "{cond} on {ctx:?}");

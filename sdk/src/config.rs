@@ -295,7 +295,26 @@ impl Config {
     /// `xxh3_64` of the canonical JSON form: equal documents hash equal however they were
     /// written (YAML or JSON, key order, comments).
     pub fn content_hash(&self) -> u64 {
-        xxhash_rust::xxh3::xxh3_64(self.to_canonical_json().as_bytes())
+        // Streamed into the hasher: the same bytes as `to_canonical_json`, without building
+        // (and growing) the string.
+        let mut hasher = HashWriter(xxhash_rust::xxh3::Xxh3::new());
+        // Writing into the hasher cannot fail, nor can serializing the config (see above).
+        let _ = serde_json::to_writer(&mut hasher, self);
+        hasher.0.digest()
+    }
+}
+
+/// An `io::Write` that feeds an XXH3 hasher.
+struct HashWriter(xxhash_rust::xxh3::Xxh3);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -396,5 +415,19 @@ mod tests {
         assert_eq!(yaml.content_hash(), json.content_hash());
         let other = Config::parse("layers: [{ id: a, salt: t }]").unwrap();
         assert_ne!(yaml.content_hash(), other.content_hash());
+        // The streamed hash is the hash of the canonical JSON text, short (one block of the
+        // streaming hasher) or long (many stripes, written in many pieces).
+        let layers: Vec<String> = (0..300)
+            .map(|i| format!(r#"{{"id": "layer-{i}", "salt": "salt-{i}"}}"#))
+            .collect();
+        let long = Config::parse(&format!(r#"{{"layers": [{}]}}"#, layers.join(","))).unwrap();
+        assert!(long.to_canonical_json().len() > 10_000);
+        for c in [&yaml, &other, &long] {
+            let text = c.to_canonical_json();
+            assert_eq!(
+                c.content_hash(),
+                xxhash_rust::xxh3::xxh3_64(text.as_bytes())
+            );
+        }
     }
 }
