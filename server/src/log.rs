@@ -100,15 +100,16 @@ pub fn open(
     };
     let (tx, rx) = mpsc::channel(options.queue.max(1));
     let (done_tx, done) = oneshot::channel();
-    std::thread::Builder::new()
-        .name("allot-assignment-log".into())
-        .spawn(move || {
-            let _ = done_tx.send(write_loop(rx, out));
-        })?;
-    let seen = Cache::builder()
+    let seen: Cache<u128, ()> = Cache::builder()
         .max_capacity(options.capacity)
         .time_to_live(options.ttl)
         .build();
+    let maintained = seen.clone();
+    std::thread::Builder::new()
+        .name("allot-assignment-log".into())
+        .spawn(move || {
+            let _ = done_tx.send(write_loop(rx, out, &maintained));
+        })?;
     Ok((
         Arc::new(AssignmentLog {
             seen,
@@ -234,7 +235,15 @@ impl Writer {
 /// of once per line. Each wake-up is a futex wake and a context switch, often on the cores
 /// serving requests, and per line they cost more than writing the line. Lines reach the file
 /// within about a tick.
-fn write_loop(mut rx: mpsc::Receiver<Msg>, out: Box<dyn Write + Send>) -> io::Result<()> {
+///
+/// Each tick also runs the dedup cache's pending maintenance. moka otherwise runs it on
+/// whichever caller makes the 64th write since the last run, which is a request: with a new
+/// unit per request that is a batch of bookkeeping every 64 requests, on the request path.
+fn write_loop(
+    mut rx: mpsc::Receiver<Msg>,
+    out: Box<dyn Write + Send>,
+    seen: &Cache<u128, ()>,
+) -> io::Result<()> {
     let mut out = BufWriter::with_capacity(64 * 1024, out);
     while let Some(first) = rx.blocking_recv() {
         let mut next = Some(first);
@@ -249,6 +258,7 @@ fn write_loop(mut rx: mpsc::Receiver<Msg>, out: Box<dyn Write + Send>) -> io::Re
                 }
             }
             out.flush()?;
+            seen.run_pending_tasks();
             std::thread::sleep(TICK);
             if rx.is_empty() {
                 break;
