@@ -81,6 +81,39 @@ pub const MAX_HEADERS: usize = 100;
 /// The error type hyper accepts from services and bodies.
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A service the listeners can hand every connection to (an axum router, tonic's routes behind
+/// the guard): the bounds [`serve_http`], [`serve_grpc`] and each connection share, stated once.
+pub trait ServedBy<B>:
+    tower::Service<
+        Request<Incoming>,
+        Response = Response<B>,
+        Error: Into<BoxError>,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S, B> ServedBy<B> for S
+where
+    S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+{
+}
+
+/// A response body hyper can send on those connections.
+pub trait ResponseBody: Body<Data: Send, Error: Into<BoxError>> + Send + 'static {}
+
+impl<B> ResponseBody for B
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+}
+
 /// ALPN protocols offered on the HTTP ports: HTTP/2 first, then HTTP/1.1.
 pub const ALPN_HTTP: &[&[u8]] = &[b"h2", b"http/1.1"];
 
@@ -219,12 +252,8 @@ pub async fn serve_grpc<S, B>(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()>
 where
-    S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: ServedBy<B>,
+    B: ResponseBody,
 {
     serve(listener, service, limits, Port::Grpc, shutdown).await
 }
@@ -247,12 +276,8 @@ async fn serve<S, B>(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()>
 where
-    S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: ServedBy<B>,
+    B: ResponseBody,
 {
     let graceful = GracefulShutdown::new();
     let closing = CancellationToken::new();
@@ -505,12 +530,8 @@ async fn serve_connection<S, B>(
     watcher: Watcher,
     closing: CancellationToken,
 ) where
-    S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: ServedBy<B>,
+    B: ResponseBody,
 {
     let detected = tokio::select! {
         d = tokio::time::timeout(limits.header_read_timeout, read_preface(&mut conn)) => d,
