@@ -291,23 +291,47 @@ async fn excess_requests_are_shed_and_the_server_recovers() {
     server.shutdown().await.unwrap();
 }
 
-/// A gRPC `Allocate` over raw HTTP/2 whose message never completes; returns the
-/// `grpc-status` the server answers with.
-async fn stalled_grpc_call(addr: SocketAddr, grpc_timeout: Option<&str>) -> String {
+/// A request body sent a frame at a time through the returned sender.
+type Streamed = StreamBody<ReceiverStream<Result<Frame<Bytes>, Infallible>>>;
+
+fn streamed_body() -> (mpsc::Sender<Result<Frame<Bytes>, Infallible>>, Streamed) {
+    let (tx, rx) = mpsc::channel(1);
+    (tx, StreamBody::new(ReceiverStream::new(rx)))
+}
+
+/// An HTTP/2 (prior knowledge) client connection to `addr`, driven by a task of its own whose
+/// handle ends when the connection does.
+async fn h2_connect<B>(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<B>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+)
+where
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) =
+    let (sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
             .await
             .unwrap();
-    tokio::spawn(conn);
-    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+    (sender, tokio::spawn(conn))
+}
+
+/// A gRPC `Allocate` over raw HTTP/2 whose message never completes; returns the
+/// `grpc-status` the server answers with.
+async fn stalled_grpc_call(addr: SocketAddr, grpc_timeout: Option<&str>) -> String {
+    let mut sender = h2_connect(addr).await.0;
+    let (tx, body) = streamed_body();
     let mut req = hyper::Request::post(format!("http://{addr}/allot.v1.Allocator/Allocate"))
         .header("content-type", "application/grpc")
         .header("te", "trailers");
     if let Some(t) = grpc_timeout {
         req = req.header("grpc-timeout", t);
     }
-    let req = req.body(StreamBody::new(ReceiverStream::new(rx))).unwrap();
+    let req = req.body(body).unwrap();
     // A frame header announcing 50 bytes, then nothing.
     tx.send(Ok(Frame::data(Bytes::from_static(&[0, 0, 0, 0, 50]))))
         .await
@@ -568,12 +592,7 @@ async fn h2_once_then_idle(
     req: hyper::Request<http_body_util::Full<Bytes>>,
 ) -> (u16, Option<String>) {
     use http_body_util::BodyExt;
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-    let conn = tokio::spawn(conn);
+    let (mut sender, conn) = h2_connect(addr).await;
     let res = sender.send_request(req).await.unwrap();
     let status = res.status().as_u16();
     let mut grpc_status = res.headers().get("grpc-status").cloned();
@@ -631,16 +650,11 @@ async fn slow_and_idle_http2_connections_are_closed_and_streams_kept() {
         .into_inner();
     assert_eq!(watch.message().await.unwrap().unwrap().revision, 1);
     // ...and an HTTP/2 request whose body arrives slowly.
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+    let mut sender = h2_connect(addr).await.0;
+    let (tx, body) = streamed_body();
     let req = hyper::Request::post(format!("http://{addr}/v1/allocate"))
         .header("content-type", "application/json")
-        .body(StreamBody::new(ReceiverStream::new(rx)))
+        .body(body)
         .unwrap();
     tx.send(Ok(Frame::data(Bytes::from_static(&BODY.as_bytes()[..10]))))
         .await
