@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 
 use foldhash::fast::FixedState;
+use hashbrown::HashTable;
 use serde_json::{Number, Value};
 
 use crate::bucket::seed;
@@ -16,7 +17,7 @@ use crate::config::{Config, DEFAULT_BUCKETS, FlagConfig, FlagType, RuleConfig};
 use crate::error::{ConfigError, ConfigErrors, ErrorKind, json_type};
 use crate::id::{is_valid_flag_key, is_valid_id};
 use crate::snapshot::{
-    Action, Cell, DEFAULT_UNIT, Experiment, Flag, Holdout, Layer, Owner, Rule, Snapshot,
+    Action, Cell, DEFAULT_UNIT, Experiment, Flag, Holdout, Layer, Owner, Rule, Snapshot, key_hash,
 };
 
 /// Id tables of one compile (duplicate checks, references by id): a fixed-seed hasher, as ids
@@ -410,8 +411,12 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
     if !cx.errors.is_empty() {
         return Err(ConfigErrors(cx.errors));
     }
-    let mut flag_index = HashMap::with_capacity_and_hasher(flags.len(), FixedState::default());
-    flag_index.extend(flags.iter().map(|f| (f.key.clone(), f.index)));
+    let mut flag_index = HashTable::with_capacity(flags.len());
+    for f in &flags {
+        flag_index.insert_unique(key_hash(&f.key), f.index, |&i| {
+            flags.get(i as usize).map_or(0, |f| key_hash(&f.key))
+        });
+    }
     Ok(Snapshot {
         revision,
         content_hash: config.content_hash(),

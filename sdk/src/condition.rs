@@ -108,12 +108,22 @@ impl Condition {
 // === impl Op ===
 
 impl Op {
+    /// The string operators (nearly every condition) inline; the rest out of line.
+    #[inline(always)]
     fn eval(&self, v: &Value) -> bool {
         match self {
             Op::EqStr(x) => matches!(v, Value::String(s) if short_eq(s, x)),
             Op::NeStr(x) => !matches!(v, Value::String(s) if short_eq(s, x)),
             Op::InStr(set) => matches!(v, Value::String(s) if set.contains(s)),
             Op::NotInStr(set) => !matches!(v, Value::String(s) if set.contains(s)),
+            _ => self.eval_other(v),
+        }
+    }
+
+    #[inline(never)]
+    fn eval_other(&self, v: &Value) -> bool {
+        match self {
+            Op::EqStr(_) | Op::NeStr(_) | Op::InStr(_) | Op::NotInStr(_) => self.eval(v),
             Op::Eq(x) => json_eq(v, x),
             Op::Ne(x) => !json_eq(v, x),
             Op::In(xs) => xs.iter().any(|x| json_eq(v, x)),

@@ -85,17 +85,27 @@ impl Context {
     }
 
     /// The attribute `key`; JSON `null` counts as absent.
-    #[inline]
+    #[inline(always)]
     pub fn get(&self, key: &str) -> Option<&Value> {
-        let found = if self.attrs.len() <= LINEAR {
-            self.attrs.iter().find(|(k, _)| short_eq(k, key))
-        } else {
-            self.attrs
-                .binary_search_by(|(k, _)| (**k).cmp(key))
-                .ok()
-                .and_then(|i| self.attrs.get(i))
-        };
-        found.map(|(_, v)| v).filter(|v| !v.is_null())
+        if self.attrs.len() > LINEAR {
+            return self.search(key).map(|(_, v)| v).filter(|v| !v.is_null());
+        }
+        // A plain loop rather than `Iterator::find`, which the compiler keeps out of line.
+        for (k, v) in &self.attrs {
+            if short_eq(k, key) {
+                return (!v.is_null()).then_some(v);
+            }
+        }
+        None
+    }
+
+    /// [`Context::get`]'s search of a large context, out of line.
+    #[inline(never)]
+    fn search(&self, key: &str) -> Option<&(Box<str>, Value)> {
+        self.attrs
+            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .ok()
+            .and_then(|i| self.attrs.get(i))
     }
 
     /// The `targetingKey` attribute, if it is a string.
@@ -113,12 +123,12 @@ impl Context {
     }
 
     /// [`Context::unit`] for `targetingKey`, without a key search.
-    #[inline]
+    #[inline(always)]
     pub fn targeting_unit(&self) -> Result<&str, UnitError> {
         as_unit(self.targeting_value())
     }
 
-    #[inline]
+    #[inline(always)]
     fn targeting_value(&self) -> Option<&Value> {
         let i = self.targeting? as usize;
         self.attrs.get(i).map(|(_, v)| v).filter(|v| !v.is_null())
@@ -194,7 +204,7 @@ fn ends_eq<const N: usize>(a: &[u8], b: &[u8]) -> Option<bool> {
     )
 }
 
-#[inline]
+#[inline(always)]
 fn as_unit(v: Option<&Value>) -> Result<&str, UnitError> {
     match v {
         None => Err(UnitError::Missing),

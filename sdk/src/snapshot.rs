@@ -4,17 +4,18 @@
 //! Everything here is read-only and allocation-free in the common case: seeds are precomputed,
 //! ranges sorted, references resolved to indices. Must not do I/O, read a clock or use an RNG.
 
-use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use foldhash::fast::FixedState;
+use hashbrown::HashTable;
 use serde_json::Value;
 use smallvec::SmallVec;
 
 use crate::bucket::{hash, scale};
 use crate::condition::Condition;
 use crate::config::{Config, FlagType};
-use crate::context::{Context, TARGETING_KEY, UnitError};
+use crate::context::{Context, TARGETING_KEY, UnitError, short_eq};
 
 /// Inline capacity for per-request lists: no heap allocation for units in up to 8 layers.
 const INLINE: usize = 8;
@@ -42,9 +43,9 @@ pub struct Snapshot {
     pub(crate) cells: Box<[Cell]>,
     pub(crate) holdouts: Box<[Holdout]>,
     pub(crate) flags: Box<[Flag]>,
-    /// Flag key → index. A fixed-seed hasher: lookups are fast and the engine stays free of
-    /// per-process randomness (keys come from the config, so requests cannot grow chains).
-    pub(crate) flag_index: HashMap<Box<str>, u32, FixedState>,
+    /// Flag key → index into `flags`, hashed by [`key_hash`] and compared with `short_eq`
+    /// (word compares instead of a `memcmp` call for keys up to 16 bytes).
+    pub(crate) flag_index: HashTable<u32>,
     /// Distinct layers that drive at least one flag, ascending.
     pub(crate) flag_layers: Box<[u32]>,
     /// Distinct context keys used as units by layers, holdouts and rollouts, sorted.
@@ -533,9 +534,12 @@ impl Snapshot {
 
     #[inline]
     fn flag(&self, key: &str) -> Option<&Flag> {
-        self.flag_index
-            .get(key)
-            .and_then(|&i| self.flags.get(i as usize))
+        let found = self.flag_index.find(key_hash(key), |&i| {
+            self.flags
+                .get(i as usize)
+                .is_some_and(|f| short_eq(&f.key, key))
+        })?;
+        self.flags.get(*found as usize)
     }
 
     fn unit_key(&self, i: u32) -> Option<&str> {
@@ -661,7 +665,10 @@ impl Snapshot {
                 } => match unit(*key) {
                     Ok(unit) => {
                         let p = scale(hash(*seed, unit), *total);
-                        match split.iter().find(|(end, _)| p < *end) {
+                        // The first split whose end exceeds `p`, counted without a branch on
+                        // the hash (which a branch would mispredict half the time).
+                        let i = split.iter().filter(|(end, _)| *end <= p).count();
+                        match split.get(i) {
                             Some(&(_, v)) => flag.raw(v, Reason::Split),
                             None => flag.default_raw(Reason::Default),
                         }
@@ -795,6 +802,14 @@ impl ErrorCode {
             ErrorCode::InvalidContext => "INVALID_CONTEXT",
         }
     }
+}
+
+/// The hash of a flag key in `Snapshot::flag_index`. A fixed seed keeps the engine free of
+/// per-process randomness; the keys in the table come from the config, so a request's key
+/// costs one probe sequence and cannot grow one.
+#[inline(always)]
+pub(crate) fn key_hash(key: &str) -> u64 {
+    FixedState::default().hash_one(key)
 }
 
 /// The default unit key, re-exported for layer/rollout defaults.

@@ -62,3 +62,45 @@ fn handles_survive_recompiles_of_the_same_document_only() {
     let fresh = other.flag_id("theme").unwrap();
     assert_eq!(other.resolve_id(fresh, &ctx).unwrap().key, "theme");
 }
+
+mod key_index {
+    use allot::{Context, compile};
+    use proptest::collection::btree_set;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    /// Keys of every length up to the 64-byte maximum, from a two-letter alphabet so that many
+    /// share a length and differ in one byte: near misses for the word-compare key lookup.
+    fn key() -> impl Strategy<Value = String> {
+        proptest::string::string_regex("[ab.]{1,64}").expect("valid regex")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Every configured key resolves to itself; every other key is not found.
+        #[test]
+        fn each_key_finds_its_flag_and_no_other(
+            keys in btree_set(key(), 1..40),
+            probes in proptest::collection::vec(key(), 40),
+        ) {
+            let flags: Vec<_> = keys
+                .iter()
+                .map(|k| json!({ "key": k, "type": "string",
+                                 "variants": { "v": k }, "default": "v" }))
+                .collect();
+            let config = serde_json::from_value(json!({ "flags": flags })).unwrap();
+            let snapshot = compile(&config, 1).unwrap();
+            let ctx = Context::new();
+            for k in &keys {
+                let r = snapshot.resolve(k, &ctx).unwrap();
+                prop_assert_eq!(r.key, k.as_str());
+                prop_assert_eq!(r.value, &json!(k));
+            }
+            for p in probes.iter().filter(|p| !keys.contains(*p)) {
+                prop_assert!(snapshot.resolve(p, &ctx).is_err(), "{} found", p);
+                prop_assert!(snapshot.flag_id(p).is_none());
+            }
+        }
+    }
+}
