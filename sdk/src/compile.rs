@@ -126,6 +126,9 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
     // Per experiment, what its owned ranges carry (see `Owner`).
     let mut metas: Vec<Owner> = Vec::with_capacity(config.experiments.len());
     let mut cells: Vec<Cell> = Vec::with_capacity(config.experiments.len() * 2);
+    // Distinct cell ids, which owners name their first two cells by.
+    let mut cell_names: Vec<Box<str>> = Vec::new();
+    let mut cell_name_ids: IdMap<'_, u32> = IdMap::default();
     // (layer, start, end, experiment, range index) for the overlap check.
     let mut claims: Vec<(u32, u32, u32, u32, u32)> = Vec::new();
     let mut flag_layer: Vec<Option<(u32, String)>> = vec![None; flags.len()];
@@ -249,6 +252,13 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
             cx.err(format!("{path}.cells"), ErrorKind::ZeroWeight);
         }
         let salt = cx.salt(|| format!("{path}.salt"), e.salt.as_deref(), &e.id);
+        let mut names = [0u32; 2];
+        for (name, cell) in names.iter_mut().zip(&e.cells) {
+            *name = *cell_name_ids.entry(&cell.id).or_insert_with(|| {
+                cell_names.push(cell.id.as_str().into());
+                cell_names.len() as u32 - 1
+            });
+        }
         metas.push(Owner {
             experiment: i as u32,
             experiment_id: e.id.as_str().into(),
@@ -257,6 +267,8 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
             cell_count: cells.len() as u32 - first_cell,
             seed: seed(salt),
             total: end,
+            split: cells.get(first_cell as usize).map_or(0, |c| c.end),
+            names,
         });
         experiments.push(Experiment { when });
     }
@@ -421,6 +433,7 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
         owners: owners.into(),
         experiments: experiments.into(),
         cells: cells.into(),
+        cell_names: cell_names.into(),
         holdouts: holdouts.into(),
         flags: flags.into(),
         flag_index,

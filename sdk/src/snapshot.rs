@@ -40,6 +40,9 @@ pub struct Snapshot {
     pub(crate) experiments: Box<[Experiment]>,
     /// Every experiment's cells, grouped by experiment.
     pub(crate) cells: Box<[Cell]>,
+    /// Distinct cell ids: owners name their first two cells by index into it. Few and shared
+    /// (`control`, `treatment`, ...), so it stays in cache.
+    pub(crate) cell_names: Box<[Box<str>]>,
     pub(crate) holdouts: Box<[Holdout]>,
     pub(crate) flags: Box<[Flag]>,
     /// Flag key → index. A fixed-seed hasher: lookups are fast and the engine stays free of
@@ -68,19 +71,27 @@ pub(crate) struct Layer {
     pub(crate) holdouts: Box<[u32]>,
 }
 
+/// Everything a unit whose bucket falls in an owned range needs, in one cache line: the
+/// owning experiment's cell seed and weights, its first two cells inline, and the names.
 #[derive(Debug, Clone)]
+#[repr(align(64))]
 pub(crate) struct Owner {
-    pub(crate) experiment: u32,
+    /// The experiment's cell seed and total weight.
+    pub(crate) seed: u64,
+    pub(crate) total: u64,
+    /// Exclusive end of the first cell's slice of `0..total` (`total` for one cell).
+    pub(crate) split: u64,
     /// The experiment's id, shared, so naming an assignment needs no extra lookup.
     pub(crate) experiment_id: Arc<str>,
+    pub(crate) experiment: u32,
     /// Whether the experiment has a `when` condition to check.
     pub(crate) conditional: bool,
     /// The experiment's slice of `cells`.
     pub(crate) first_cell: u32,
     pub(crate) cell_count: u32,
-    /// The experiment's cell seed and total weight.
-    pub(crate) seed: u64,
-    pub(crate) total: u64,
+    /// Indices into `Snapshot::cell_names` of the first two cells' ids (the second is unused
+    /// for one cell).
+    pub(crate) names: [u32; 2],
 }
 
 #[derive(Debug)]
@@ -330,30 +341,36 @@ impl Snapshot {
                 out.holdouts.push(&h.id);
             }
         }
-        // Layers go in batches: first every layer's bucket and owning range, then the owners
-        // and cells. The lookups of different layers do not depend on each other, so their
+        // Layers go in batches: first every layer's bucket, owning range and owner, then the
+        // owners' cells. The lookups of different layers do not depend on each other, so their
         // cache misses overlap instead of queueing one behind the other.
-        let mut base = 0u32;
         for chunk in self.layers.chunks(BATCH) {
-            let mut located: [Option<(u32, u32, &str)>; BATCH] = [None; BATCH];
+            let mut located: [Option<(&Owner, u32, &str)>; BATCH] = [None; BATCH];
             for (slot, layer) in located.iter_mut().zip(chunk) {
                 if !held.is_empty() && layer.holdouts.iter().any(|h| held.contains(h)) {
                     continue;
                 }
-                if let Some(&Ok(unit)) = units.get(layer.unit as usize) {
-                    *slot = self
-                        .locate(layer, unit)
-                        .map(|(owner, bucket)| (owner, bucket, unit));
-                }
-            }
-            for (j, slot) in located.iter().enumerate() {
-                if let Some((owner, bucket, unit)) = *slot
-                    && let Some(hit) = self.settle(base + j as u32, owner, bucket, unit, ctx)
+                if let Some(&Ok(unit)) = units.get(layer.unit as usize)
+                    && let Some((owner, bucket)) = self.locate(layer, unit)
                 {
-                    out.assignments.push(self.named(hit));
+                    *slot = self
+                        .owners
+                        .get(owner as usize)
+                        .map(|owner| (owner, bucket, unit));
                 }
             }
-            base += chunk.len() as u32;
+            for (slot, layer) in located.iter().zip(chunk) {
+                if let Some((owner, bucket, unit)) = *slot
+                    && let Some(k) = self.pick(owner, unit, ctx)
+                {
+                    out.assignments.push(Assignment {
+                        layer: &layer.id,
+                        experiment: &owner.experiment_id,
+                        cell: self.cell_name(owner, k),
+                        bucket,
+                    });
+                }
+            }
         }
     }
 
@@ -592,6 +609,18 @@ impl Snapshot {
         ctx: &Context,
     ) -> Option<Hit> {
         let owner = self.owners.get(owner_idx as usize)?;
+        let k = self.pick(owner, unit, ctx)?;
+        Some(Hit {
+            layer: li,
+            owner: owner_idx,
+            cell: owner.first_cell + k,
+            bucket,
+        })
+    }
+
+    /// Eligibility and the position of the unit's cell among `owner`'s experiment's cells.
+    #[inline(always)]
+    fn pick(&self, owner: &Owner, unit: &str, ctx: &Context) -> Option<u32> {
         if owner.conditional
             && !self
                 .experiments
@@ -600,31 +629,39 @@ impl Snapshot {
         {
             return None;
         }
-        let p = scale(hash(owner.seed, unit), owner.total);
-        let first_cell = owner.first_cell as usize;
-        let cells = self
-            .cells
-            .get(first_cell..first_cell + owner.cell_count as usize)?;
-        let cell = first_cell + cells.iter().position(|c| p < c.end)?;
-        Some(Hit {
-            layer: li,
-            owner: owner_idx,
-            cell: cell as u32,
-            bucket,
-        })
+        owner.cell(scale(hash(owner.seed, unit), owner.total), &self.cells)
     }
 
     #[inline(always)]
     fn named(&self, hit: Hit) -> Assignment<'_> {
+        let (experiment, cell) = match self.owners.get(hit.owner as usize) {
+            Some(o) => (
+                &*o.experiment_id,
+                self.cell_name(o, hit.cell.wrapping_sub(o.first_cell)),
+            ),
+            None => ("", ""),
+        };
         Assignment {
             layer: self.layers.get(hit.layer as usize).map_or("", |l| &*l.id),
-            experiment: self
-                .owners
-                .get(hit.owner as usize)
-                .map_or("", |o| &*o.experiment_id),
-            cell: self.cells.get(hit.cell as usize).map_or("", |c| &*c.id),
+            experiment,
+            cell,
             bucket: hit.bucket,
         }
+    }
+
+    /// The id of the `k`th cell of `owner`'s experiment: from the shared names for its first
+    /// two cells, without reading `cells`.
+    #[inline(always)]
+    fn cell_name(&self, owner: &Owner, k: u32) -> &str {
+        let name = match k {
+            0 => self.cell_names.get(owner.names[0] as usize),
+            1 => self.cell_names.get(owner.names[1] as usize),
+            _ => self
+                .cells
+                .get((owner.first_cell + k) as usize)
+                .map(|c| &c.id),
+        };
+        name.map_or("", |n| &**n)
     }
 
     /// Experiments first, then rules in order, then the default. The caller has handled
@@ -704,6 +741,25 @@ impl Holdout {
         let Ok(unit) = unit else { return false };
         let b = scale(hash(self.seed, unit), u64::from(self.buckets)) as u32;
         self.ranges.iter().any(|&(s, e)| s <= b && b < e)
+    }
+}
+
+// === impl Owner ===
+
+impl Owner {
+    /// The position within the experiment's cells of the cell holding `p` (`p < total`).
+    #[inline(always)]
+    fn cell(&self, p: u64, cells: &[Cell]) -> Option<u32> {
+        if p < self.split {
+            return Some(0);
+        }
+        if self.cell_count == 2 {
+            return Some(1);
+        }
+        // Three or more cells: walk the rest.
+        let first = self.first_cell as usize;
+        let rest = cells.get(first + 1..first + self.cell_count as usize)?;
+        rest.iter().position(|c| p < c.end).map(|i| i as u32 + 1)
     }
 }
 
