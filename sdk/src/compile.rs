@@ -17,6 +17,7 @@ use crate::error::{ConfigError, ConfigErrors, ErrorKind, json_type};
 use crate::id::{is_valid_flag_key, is_valid_id};
 use crate::snapshot::{
     Action, Cell, DEFAULT_UNIT, Experiment, Flag, Holdout, Layer, Owner, Rule, Snapshot,
+    UNCONDITIONAL,
 };
 
 /// Id tables of one compile (duplicate checks, references by id): a fixed-seed hasher, as ids
@@ -129,6 +130,8 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
     // Distinct cell ids, which owners name their first two cells by.
     let mut cell_names: Vec<Box<str>> = Vec::new();
     let mut cell_name_ids: IdMap<'_, u32> = IdMap::default();
+    // Distinct `when`s (compact JSON) → (condition class, first experiment with it).
+    let mut condition_ids: HashMap<String, (u32, u32), FixedState> = HashMap::default();
     // (layer, start, end, experiment, range index) for the overlap check.
     let mut claims: Vec<(u32, u32, u32, u32, u32)> = Vec::new();
     let mut flag_layer: Vec<Option<(u32, String)>> = vec![None; flags.len()];
@@ -259,10 +262,17 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
                 cell_names.len() as u32 - 1
             });
         }
+        let (condition, evaluated) = match &e.when {
+            Some(v) if !matches!(when, Condition::True) => {
+                let next = (condition_ids.len() as u32, i as u32);
+                *condition_ids.entry(v.to_string()).or_insert(next)
+            }
+            _ => (UNCONDITIONAL, i as u32),
+        };
         metas.push(Owner {
-            experiment: i as u32,
+            experiment: evaluated,
             experiment_id: e.id.as_str().into(),
-            conditional: !matches!(when, Condition::True),
+            condition,
             first_cell,
             cell_count: cells.len() as u32 - first_cell,
             seed: seed(salt),

@@ -20,6 +20,15 @@ use crate::context::{Context, TARGETING_KEY, UnitError};
 const INLINE: usize = 8;
 /// Layers located together in `allocate_into` (see there).
 const BATCH: usize = 8;
+/// `Owner::condition` of an experiment without a `when`.
+pub(crate) const UNCONDITIONAL: u32 = u32::MAX;
+
+/// Condition classes already evaluated in one call (the first 128), and their results.
+#[derive(Default)]
+struct Seen {
+    known: u128,
+    holds: u128,
+}
 
 /// A compiled config: build it with [`crate::compile`], share it (`Arc`) across threads.
 ///
@@ -83,9 +92,13 @@ pub(crate) struct Owner {
     pub(crate) split: u64,
     /// The experiment's id, shared, so naming an assignment needs no extra lookup.
     pub(crate) experiment_id: Arc<str>,
+    /// The first experiment whose `when` is the same as this one's (its own index if it has
+    /// none or is the first): the condition evaluated.
     pub(crate) experiment: u32,
-    /// Whether the experiment has a `when` condition to check.
-    pub(crate) conditional: bool,
+    /// The class of the experiment's `when` condition, dense in order of first appearance
+    /// (equal `when`s share one), or [`UNCONDITIONAL`]. `allocate_into` evaluates each class
+    /// at most once per call.
+    pub(crate) condition: u32,
     /// The experiment's slice of `cells`.
     pub(crate) first_cell: u32,
     pub(crate) cell_count: u32,
@@ -344,6 +357,7 @@ impl Snapshot {
         // Layers go in batches: first every layer's bucket, owning range and owner, then the
         // owners' cells. The lookups of different layers do not depend on each other, so their
         // cache misses overlap instead of queueing one behind the other.
+        let mut seen = Seen::default();
         for chunk in self.layers.chunks(BATCH) {
             let mut located: [Option<(&Owner, u32, &str)>; BATCH] = [None; BATCH];
             for (slot, layer) in located.iter_mut().zip(chunk) {
@@ -361,7 +375,7 @@ impl Snapshot {
             }
             for (slot, layer) in located.iter().zip(chunk) {
                 if let Some((owner, bucket, unit)) = *slot
-                    && let Some(k) = self.pick(owner, unit, ctx)
+                    && let Some(k) = self.pick(owner, unit, ctx, &mut seen)
                 {
                     out.assignments.push(Assignment {
                         layer: &layer.id,
@@ -609,7 +623,7 @@ impl Snapshot {
         ctx: &Context,
     ) -> Option<Hit> {
         let owner = self.owners.get(owner_idx as usize)?;
-        let k = self.pick(owner, unit, ctx)?;
+        let k = self.pick(owner, unit, ctx, &mut Seen::default())?;
         Some(Hit {
             layer: li,
             owner: owner_idx,
@@ -620,13 +634,8 @@ impl Snapshot {
 
     /// Eligibility and the position of the unit's cell among `owner`'s experiment's cells.
     #[inline(always)]
-    fn pick(&self, owner: &Owner, unit: &str, ctx: &Context) -> Option<u32> {
-        if owner.conditional
-            && !self
-                .experiments
-                .get(owner.experiment as usize)
-                .is_some_and(|e| e.when.eval(ctx))
-        {
+    fn pick(&self, owner: &Owner, unit: &str, ctx: &Context, seen: &mut Seen) -> Option<u32> {
+        if owner.condition != UNCONDITIONAL && !self.eligible(owner, ctx, seen) {
             return None;
         }
         owner.cell(scale(hash(owner.seed, unit), owner.total), &self.cells)
@@ -647,6 +656,25 @@ impl Snapshot {
             cell,
             bucket: hit.bucket,
         }
+    }
+
+    /// Whether the context satisfies `owner`'s experiment's condition: evaluated once per class
+    /// and call.
+    #[inline(always)]
+    fn eligible(&self, owner: &Owner, ctx: &Context, seen: &mut Seen) -> bool {
+        let bit = 1u128.checked_shl(owner.condition).unwrap_or(0);
+        if seen.known & bit != 0 {
+            return seen.holds & bit != 0;
+        }
+        let holds = self
+            .experiments
+            .get(owner.experiment as usize)
+            .is_some_and(|e| e.when.eval(ctx));
+        seen.known |= bit;
+        if holds {
+            seen.holds |= bit;
+        }
+        holds
     }
 
     /// The id of the `k`th cell of `owner`'s experiment: from the shared names for its first
