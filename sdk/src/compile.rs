@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use foldhash::fast::FixedState;
 use serde_json::{Number, Value};
 
-use crate::bucket::seed;
+use crate::bucket::{scale, seed};
 use crate::condition::{Compiler, Condition};
 use crate::config::{Config, DEFAULT_BUCKETS, FlagConfig, FlagType, RuleConfig};
 use crate::error::{ConfigError, ConfigErrors, ErrorKind, json_type};
@@ -86,6 +86,8 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
             unit: cx.unit(&format!("{path}.unit"), l.unit.as_deref()),
             first: 0,
             len: 0,
+            slots: 0,
+            shift: 64,
             holdouts: Box::new([]),
         });
     }
@@ -314,15 +316,31 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
     }
     let mut bounds: Vec<(u32, u32)> = Vec::new();
     let mut owners: Vec<Owner> = Vec::new();
+    let mut slots: Vec<u32> = Vec::new();
     for (layer, claims) in layers.iter_mut().zip(per_layer) {
         layer.first = bounds.len() as u32;
-        layer.len = claims.len() as u32;
         for (start, end, exp) in claims {
             if let Some(meta) = metas.get(exp as usize) {
                 bounds.push((start, end));
                 owners.push(meta.clone());
             }
         }
+        layer.len = bounds.len() as u32 - layer.first;
+        // The slot table (see `Layer::slots`): at least as many slots as ranges, a power of two.
+        let ranges = bounds.get(layer.first as usize..).unwrap_or_default();
+        let bits = ranges.len().max(1).next_power_of_two().trailing_zeros();
+        layer.shift = 64 - bits;
+        layer.slots = slots.len() as u32;
+        for s in 0..1u64 << bits {
+            // The least bucket of a hash whose top `bits` bits are `s`.
+            let least = scale(
+                s.checked_shl(layer.shift).unwrap_or(0),
+                u64::from(layer.buckets),
+            );
+            let before = ranges.partition_point(|&(_, end)| u64::from(end) <= least);
+            slots.push(layer.first + before as u32);
+        }
+        slots.push(layer.first + layer.len);
     }
 
     // --- holdouts
@@ -440,6 +458,7 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
         config: config.clone(),
         layers: layers.into(),
         bounds: bounds.into(),
+        slots: slots.into(),
         owners: owners.into(),
         experiments: experiments.into(),
         cells: cells.into(),

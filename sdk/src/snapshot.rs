@@ -44,6 +44,8 @@ pub struct Snapshot {
     pub(crate) layers: Box<[Layer]>,
     /// `[start, end)` of every owned range, grouped by layer, sorted by start within a layer.
     pub(crate) bounds: Box<[(u32, u32)]>,
+    /// Every layer's slot table (see `Layer::slots`): where to look in `bounds` for a bucket.
+    pub(crate) slots: Box<[u32]>,
     /// Parallel to `bounds`: who owns the range.
     pub(crate) owners: Box<[Owner]>,
     pub(crate) experiments: Box<[Experiment]>,
@@ -76,6 +78,13 @@ pub(crate) struct Layer {
     /// This layer's slice of `bounds`/`owners`.
     pub(crate) first: u32,
     pub(crate) len: u32,
+    /// Where this layer's slot table starts in `Snapshot::slots`: `2^(64 - shift)` slots
+    /// (at least as many as ranges) and one more entry, `first + len`. A unit's slot is the top
+    /// `64 - shift` bits of its layer hash. Slot `s` holds the index into `bounds` of the first
+    /// range ending after the least bucket a hash in the slot can have, so the range owning a
+    /// bucket in slot `s` is at or after entry `s` and at most at entry `s + 1`.
+    pub(crate) slots: u32,
+    pub(crate) shift: u32,
     /// Holdouts covering this layer.
     pub(crate) holdouts: Box<[u32]>,
 }
@@ -601,15 +610,18 @@ impl Snapshot {
     /// The unit's bucket in the layer and the index of the range owning it, if any.
     #[inline(always)]
     fn locate(&self, layer: &Layer, unit: &str) -> Option<(u32, u32)> {
-        let bucket = scale(hash(layer.seed, unit), u64::from(layer.buckets)) as u32;
-        let first = layer.first as usize;
-        let bounds = self.bounds.get(first..first + layer.len as usize)?;
-        // The last range starting at or before the bucket is the only one that can hold it.
-        let idx = bounds
-            .partition_point(|&(start, _)| start <= bucket)
-            .checked_sub(1)?;
-        let &(_, end) = bounds.get(idx)?;
-        (bucket < end).then_some(((first + idx) as u32, bucket))
+        let h = hash(layer.seed, unit);
+        let bucket = scale(h, u64::from(layer.buckets)) as u32;
+        // The hash's top bits pick a slot, which bounds where the owning range can be: from the
+        // slot's entry to the next one (inclusive, if that is still this layer's).
+        let slot = layer.slots as usize + h.checked_shr(layer.shift).unwrap_or(0) as usize;
+        let lo = *self.slots.get(slot)?;
+        let hi = (*self.slots.get(slot + 1)? + 1).min(layer.first + layer.len);
+        let candidates = self.bounds.get(lo as usize..hi as usize)?;
+        // The first range ending after the bucket is the only one that can hold it.
+        let idx = candidates.partition_point(|&(_, end)| end <= bucket);
+        let &(start, _) = candidates.get(idx)?;
+        (start <= bucket).then_some((lo + idx as u32, bucket))
     }
 
     /// Eligibility and the cell for a unit whose bucket is owned by `owners[owner]`.
