@@ -279,7 +279,11 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
             cell_count: cells.len() as u32 - first_cell,
             seed: seed(salt),
             total: end,
-            split: cells.get(first_cell as usize).map_or(0, |c| c.end),
+            // The first cell's end is its weight, a u32.
+            split: cells
+                .get(first_cell as usize)
+                .map_or(0, |c| u32::try_from(c.end).unwrap_or(u32::MAX)),
+            start: 0,
             names,
         });
         experiments.push(Experiment { when });
@@ -316,13 +320,16 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
     }
     let mut bounds: Vec<(u32, u32)> = Vec::new();
     let mut owners: Vec<Owner> = Vec::new();
-    let mut slots: Vec<u32> = Vec::new();
+    let mut slots: Vec<(u32, u32)> = Vec::new();
     for (layer, claims) in layers.iter_mut().zip(per_layer) {
         layer.first = bounds.len() as u32;
         for (start, end, exp) in claims {
             if let Some(meta) = metas.get(exp as usize) {
                 bounds.push((start, end));
-                owners.push(meta.clone());
+                owners.push(Owner {
+                    start,
+                    ..meta.clone()
+                });
             }
         }
         layer.len = bounds.len() as u32 - layer.first;
@@ -338,9 +345,10 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
                 u64::from(layer.buckets),
             );
             let before = ranges.partition_point(|&(_, end)| u64::from(end) <= least);
-            slots.push(layer.first + before as u32);
+            let end = ranges.get(before).map_or(0, |&(_, end)| end);
+            slots.push((layer.first + before as u32, end));
         }
-        slots.push(layer.first + layer.len);
+        slots.push((layer.first + layer.len, 0));
     }
 
     // --- holdouts

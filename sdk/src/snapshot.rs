@@ -44,8 +44,9 @@ pub struct Snapshot {
     pub(crate) layers: Box<[Layer]>,
     /// `[start, end)` of every owned range, grouped by layer, sorted by start within a layer.
     pub(crate) bounds: Box<[(u32, u32)]>,
-    /// Every layer's slot table (see `Layer::slots`): where to look in `bounds` for a bucket.
-    pub(crate) slots: Box<[u32]>,
+    /// Every layer's slot table (see `Layer::slots`): where to look in `bounds` for a bucket,
+    /// and the end of the range found there.
+    pub(crate) slots: Box<[(u32, u32)]>,
     /// Parallel to `bounds`: who owns the range.
     pub(crate) owners: Box<[Owner]>,
     pub(crate) experiments: Box<[Experiment]>,
@@ -81,8 +82,9 @@ pub(crate) struct Layer {
     /// Where this layer's slot table starts in `Snapshot::slots`: `2^(64 - shift)` slots
     /// (at least as many as ranges) and one more entry, `first + len`. A unit's slot is the top
     /// `64 - shift` bits of its layer hash. Slot `s` holds the index into `bounds` of the first
-    /// range ending after the least bucket a hash in the slot can have, so the range owning a
-    /// bucket in slot `s` is at or after entry `s` and at most at entry `s + 1`.
+    /// range ending after the least bucket a hash in the slot can have, and that range's end
+    /// (0 if there is none). So the range owning a bucket in slot `s` is at or after entry `s`
+    /// and at most at entry `s + 1`, and it is entry `s`'s if the bucket is below its end.
     pub(crate) slots: u32,
     pub(crate) shift: u32,
     /// Holdouts covering this layer.
@@ -97,8 +99,11 @@ pub(crate) struct Owner {
     /// The experiment's cell seed and total weight.
     pub(crate) seed: u64,
     pub(crate) total: u64,
-    /// Exclusive end of the first cell's slice of `0..total` (`total` for one cell).
-    pub(crate) split: u64,
+    /// Exclusive end of the first cell's slice of `0..total` (`total` for one cell): one
+    /// cell's weight, so it fits 32 bits.
+    pub(crate) split: u32,
+    /// The first bucket of the range this entry owns (its end is in `bounds`).
+    pub(crate) start: u32,
     /// The experiment's id, shared, so naming an assignment needs no extra lookup.
     pub(crate) experiment_id: Arc<str>,
     /// The first experiment whose `when` is the same as this one's (its own index if it has
@@ -373,13 +378,10 @@ impl Snapshot {
                 if !held.is_empty() && layer.holdouts.iter().any(|h| held.contains(h)) {
                     continue;
                 }
-                if let Some(&Ok(unit)) = units.get(layer.unit as usize)
-                    && let Some((owner, bucket)) = self.locate(layer, unit)
-                {
+                if let Some(&Ok(unit)) = units.get(layer.unit as usize) {
                     *slot = self
-                        .owners
-                        .get(owner as usize)
-                        .map(|owner| (owner, bucket, unit));
+                        .locate(layer, unit)
+                        .map(|(_, owner, bucket)| (owner, bucket, unit));
                 }
             }
             for (slot, layer) in located.iter().zip(chunk) {
@@ -603,45 +605,44 @@ impl Snapshot {
     /// The unit's experiment and cell in one layer, holdouts aside.
     #[inline(always)]
     fn assign(&self, li: u32, layer: &Layer, unit: &str, ctx: &Context) -> Option<Hit> {
-        let (owner, bucket) = self.locate(layer, unit)?;
-        self.settle(li, owner, bucket, unit, ctx)
-    }
-
-    /// The unit's bucket in the layer and the index of the range owning it, if any.
-    #[inline(always)]
-    fn locate(&self, layer: &Layer, unit: &str) -> Option<(u32, u32)> {
-        let h = hash(layer.seed, unit);
-        let bucket = scale(h, u64::from(layer.buckets)) as u32;
-        // The hash's top bits pick a slot, which bounds where the owning range can be: from the
-        // slot's entry to the next one (inclusive, if that is still this layer's).
-        let slot = layer.slots as usize + h.checked_shr(layer.shift).unwrap_or(0) as usize;
-        let lo = *self.slots.get(slot)?;
-        let hi = (*self.slots.get(slot + 1)? + 1).min(layer.first + layer.len);
-        let candidates = self.bounds.get(lo as usize..hi as usize)?;
-        // The first range ending after the bucket is the only one that can hold it.
-        let idx = candidates.partition_point(|&(_, end)| end <= bucket);
-        let &(start, _) = candidates.get(idx)?;
-        (start <= bucket).then_some((lo + idx as u32, bucket))
-    }
-
-    /// Eligibility and the cell for a unit whose bucket is owned by `owners[owner]`.
-    #[inline(always)]
-    fn settle(
-        &self,
-        li: u32,
-        owner_idx: u32,
-        bucket: u32,
-        unit: &str,
-        ctx: &Context,
-    ) -> Option<Hit> {
-        let owner = self.owners.get(owner_idx as usize)?;
+        let (idx, owner, bucket) = self.locate(layer, unit)?;
         let k = self.pick(owner, unit, ctx, &mut Seen::default())?;
         Some(Hit {
             layer: li,
-            owner: owner_idx,
+            owner: idx,
             cell: owner.first_cell + k,
             bucket,
         })
+    }
+
+    /// The range owning the unit's bucket in the layer, if any: its index into `bounds`/`owners`,
+    /// its owner, and the bucket.
+    #[inline(always)]
+    fn locate(&self, layer: &Layer, unit: &str) -> Option<(u32, &Owner, u32)> {
+        let h = hash(layer.seed, unit);
+        let bucket = scale(h, u64::from(layer.buckets)) as u32;
+        // The hash's top bits pick a slot, which bounds where the owning range can be.
+        let slot = layer.slots as usize + h.checked_shr(layer.shift).unwrap_or(0) as usize;
+        let &(lo, end) = self.slots.get(slot)?;
+        let idx = if bucket < end {
+            // The common case: the slot's first candidate, if the bucket is not in a gap
+            // before it. Its start is in the owner's line, which the caller reads anyway.
+            lo
+        } else {
+            // Past it: a later range up to the next slot's entry (inclusive, if that is still
+            // this layer's).
+            let &(next, _) = self.slots.get(slot + 1)?;
+            let hi = (next + 1).min(layer.first + layer.len);
+            let candidates = self.bounds.get(lo as usize + 1..hi as usize)?;
+            let i = candidates.partition_point(|&(_, end)| end <= bucket);
+            let &(start, _) = candidates.get(i)?;
+            if bucket < start {
+                return None;
+            }
+            lo + 1 + i as u32
+        };
+        let owner = self.owners.get(idx as usize)?;
+        (owner.start <= bucket).then_some((idx, owner, bucket))
     }
 
     /// Eligibility and the position of the unit's cell among `owner`'s experiment's cells.
@@ -790,7 +791,7 @@ impl Owner {
     /// The position within the experiment's cells of the cell holding `p` (`p < total`).
     #[inline(always)]
     fn cell(&self, p: u64, cells: &[Cell]) -> Option<u32> {
-        if p < self.split {
+        if p < u64::from(self.split) {
             return Some(0);
         }
         if self.cell_count == 2 {
