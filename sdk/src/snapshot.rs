@@ -654,19 +654,16 @@ impl Snapshot {
         owner.cell(scale(hash(owner.seed, unit), owner.total), &self.cells)
     }
 
+    /// Names a hit of `resolve`/`resolve_all`, whose `finish` has just read the hit's cell.
     #[inline(always)]
     fn named(&self, hit: Hit) -> Assignment<'_> {
-        let (experiment, cell) = match self.owners.get(hit.owner as usize) {
-            Some(o) => (
-                &*o.experiment_id,
-                self.cell_name(o, hit.cell.wrapping_sub(o.first_cell)),
-            ),
-            None => ("", ""),
-        };
         Assignment {
             layer: self.layers.get(hit.layer as usize).map_or("", |l| &*l.id),
-            experiment,
-            cell,
+            experiment: self
+                .owners
+                .get(hit.owner as usize)
+                .map_or("", |o| &*o.experiment_id),
+            cell: self.cells.get(hit.cell as usize).map_or("", |c| &*c.id),
             bucket: hit.bucket,
         }
     }
