@@ -33,9 +33,10 @@ struct Seen {
 /// A compiled config: build it with [`crate::compile`], share it (`Arc`) across threads.
 ///
 /// Laid out for lookups: each layer's owned ranges are a contiguous slice of `bounds`, with
-/// the owning experiment's cell seed and weights copied beside them in `owners`, and every
-/// experiment's cells are a contiguous slice of `cells`. A unit's pass through a layer touches
-/// a handful of cache lines and no pointers it does not need.
+/// one cache line per range in `owners` (the owning experiment's cell seed, weights, first two
+/// cells and names), and a slot table per layer in `slots` that finds the range from the layer
+/// hash. A unit's pass through a layer usually touches two random cache lines, its slot and
+/// the owner, and no pointers it does not need.
 #[derive(Debug)]
 pub struct Snapshot {
     pub(crate) revision: u64,
