@@ -11,7 +11,8 @@
 //!
 //! Paths: `one` (one 50/50 flag), `eq` (the same with an `eq` constraint), `rollout`, `all`
 //! (`resolve_all` over 100 flags), `alloc` (`allocate` across 500 layers), `compile` (10,000
-//! experiments; run it for a few iterations, not 20,000), and `client` (the
+//! experiments; run it for a few iterations, not 20,000), `dump` (not counted: prints every
+//! context's allocation across the 500 layers, to diff the answers of two builds), and `client` (the
 //! one-flag config through `allot::Client::resolve`, the owned answer, issue 5's ratio). Instruction counts do
 //! not depend on the machine's load, unlike the criterion benches' times.
 
@@ -115,6 +116,13 @@ fn main() {
                 total += step_allocate(&snapshot, &ctxs[i & MASK], &mut out);
             }
         }
+        "dump" => {
+            let snapshot = allot::compile(&ten_thousand_experiments(), 1).expect("compiles");
+            for ctx in &ctxs {
+                let a = snapshot.allocate(ctx);
+                println!("{:?} {:?}", a.holdouts(), a.assignments());
+            }
+        }
         "compile" => {
             // Counts the build and the drop of each snapshot (the bench drops it too).
             let config = ten_thousand_experiments();
@@ -123,7 +131,9 @@ fn main() {
             }
         }
         other => {
-            eprintln!("unknown path `{other}`: one, eq, rollout, all, alloc, compile or client");
+            eprintln!(
+                "unknown path `{other}`: one, eq, rollout, all, alloc, dump, compile or client"
+            );
             std::process::exit(2);
         }
     }

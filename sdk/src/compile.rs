@@ -11,13 +11,14 @@ use foldhash::fast::FixedState;
 use hashbrown::HashTable;
 use serde_json::{Number, Value};
 
-use crate::bucket::seed;
+use crate::bucket::{scale, seed};
 use crate::condition::{Compiler, Condition};
 use crate::config::{Config, DEFAULT_BUCKETS, FlagConfig, FlagType, RuleConfig};
 use crate::error::{ConfigError, ConfigErrors, ErrorKind, json_type};
 use crate::id::{is_valid_flag_key, is_valid_id};
 use crate::snapshot::{
-    Action, Cell, DEFAULT_UNIT, Experiment, Flag, Holdout, Layer, Owner, Rule, Snapshot, key_hash,
+    Action, Cell, DEFAULT_UNIT, Experiment, Flag, Holdout, Layer, Owner, Rule, Snapshot,
+    UNCONDITIONAL, key_hash,
 };
 
 /// Id tables of one compile (duplicate checks, references by id): a fixed-seed hasher, as ids
@@ -86,6 +87,8 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
             unit: cx.unit(&format!("{path}.unit"), l.unit.as_deref()),
             first: 0,
             len: 0,
+            slots: 0,
+            shift: 64,
             holdouts: Box::new([]),
         });
     }
@@ -127,6 +130,11 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
     // Per experiment, what its owned ranges carry (see `Owner`).
     let mut metas: Vec<Owner> = Vec::with_capacity(config.experiments.len());
     let mut cells: Vec<Cell> = Vec::with_capacity(config.experiments.len() * 2);
+    // Distinct cell ids, which owners name their first two cells by.
+    let mut cell_names: Vec<Box<str>> = Vec::new();
+    let mut cell_name_ids: IdMap<'_, u32> = IdMap::default();
+    // Distinct `when`s (compact JSON) → (condition class, first experiment with it).
+    let mut condition_ids: HashMap<String, (u32, u32), FixedState> = HashMap::default();
     // (layer, start, end, experiment, range index) for the overlap check.
     let mut claims: Vec<(u32, u32, u32, u32, u32)> = Vec::new();
     let mut flag_layer: Vec<Option<(u32, String)>> = vec![None; flags.len()];
@@ -250,14 +258,34 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
             cx.err(format!("{path}.cells"), ErrorKind::ZeroWeight);
         }
         let salt = cx.salt(|| format!("{path}.salt"), e.salt.as_deref(), &e.id);
+        let mut names = [0u32; 2];
+        for (name, cell) in names.iter_mut().zip(&e.cells) {
+            *name = *cell_name_ids.entry(&cell.id).or_insert_with(|| {
+                cell_names.push(cell.id.as_str().into());
+                cell_names.len() as u32 - 1
+            });
+        }
+        let (condition, evaluated) = match &e.when {
+            Some(v) if !matches!(when, Condition::True) => {
+                let next = (condition_ids.len() as u32, i as u32);
+                *condition_ids.entry(v.to_string()).or_insert(next)
+            }
+            _ => (UNCONDITIONAL, i as u32),
+        };
         metas.push(Owner {
-            experiment: i as u32,
+            experiment: evaluated,
             experiment_id: e.id.as_str().into(),
-            conditional: !matches!(when, Condition::True),
+            condition,
             first_cell,
             cell_count: cells.len() as u32 - first_cell,
             seed: seed(salt),
             total: end,
+            // The first cell's end is its weight, a u32.
+            split: cells
+                .get(first_cell as usize)
+                .map_or(0, |c| u32::try_from(c.end).unwrap_or(u32::MAX)),
+            start: 0,
+            names,
         });
         experiments.push(Experiment { when });
     }
@@ -293,15 +321,35 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
     }
     let mut bounds: Vec<(u32, u32)> = Vec::new();
     let mut owners: Vec<Owner> = Vec::new();
+    let mut slots: Vec<(u32, u32)> = Vec::new();
     for (layer, claims) in layers.iter_mut().zip(per_layer) {
         layer.first = bounds.len() as u32;
-        layer.len = claims.len() as u32;
         for (start, end, exp) in claims {
             if let Some(meta) = metas.get(exp as usize) {
                 bounds.push((start, end));
-                owners.push(meta.clone());
+                owners.push(Owner {
+                    start,
+                    ..meta.clone()
+                });
             }
         }
+        layer.len = bounds.len() as u32 - layer.first;
+        // The slot table (see `Layer::slots`): at least as many slots as ranges, a power of two.
+        let ranges = bounds.get(layer.first as usize..).unwrap_or_default();
+        let bits = ranges.len().max(1).next_power_of_two().trailing_zeros();
+        layer.shift = 64 - bits;
+        layer.slots = slots.len() as u32;
+        for s in 0..1u64 << bits {
+            // The least bucket of a hash whose top `bits` bits are `s`.
+            let least = scale(
+                s.checked_shl(layer.shift).unwrap_or(0),
+                u64::from(layer.buckets),
+            );
+            let before = ranges.partition_point(|&(_, end)| u64::from(end) <= least);
+            let end = ranges.get(before).map_or(0, |&(_, end)| end);
+            slots.push((layer.first + before as u32, end));
+        }
+        slots.push((layer.first + layer.len, 0));
     }
 
     // --- holdouts
@@ -423,9 +471,11 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
         config: config.clone(),
         layers: layers.into(),
         bounds: bounds.into(),
+        slots: slots.into(),
         owners: owners.into(),
         experiments: experiments.into(),
         cells: cells.into(),
+        cell_names: cell_names.into(),
         holdouts: holdouts.into(),
         flags: flags.into(),
         flag_index,

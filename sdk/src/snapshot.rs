@@ -21,13 +21,23 @@ use crate::context::{Context, TARGETING_KEY, UnitError, short_eq};
 const INLINE: usize = 8;
 /// Layers located together in `allocate_into` (see there).
 const BATCH: usize = 8;
+/// `Owner::condition` of an experiment without a `when`.
+pub(crate) const UNCONDITIONAL: u32 = u32::MAX;
+
+/// Condition classes already evaluated in one call (the first 128), and their results.
+#[derive(Default)]
+struct Seen {
+    known: u128,
+    holds: u128,
+}
 
 /// A compiled config: build it with [`crate::compile`], share it (`Arc`) across threads.
 ///
 /// Laid out for lookups: each layer's owned ranges are a contiguous slice of `bounds`, with
-/// the owning experiment's cell seed and weights copied beside them in `owners`, and every
-/// experiment's cells are a contiguous slice of `cells`. A unit's pass through a layer touches
-/// a handful of cache lines and no pointers it does not need.
+/// one cache line per range in `owners` (the owning experiment's cell seed, weights, first two
+/// cells and names), and a slot table per layer in `slots` that finds the range from the layer
+/// hash. A unit's pass through a layer usually touches two random cache lines, its slot and
+/// the owner, and no pointers it does not need.
 #[derive(Debug)]
 pub struct Snapshot {
     pub(crate) revision: u64,
@@ -36,11 +46,17 @@ pub struct Snapshot {
     pub(crate) layers: Box<[Layer]>,
     /// `[start, end)` of every owned range, grouped by layer, sorted by start within a layer.
     pub(crate) bounds: Box<[(u32, u32)]>,
+    /// Every layer's slot table (see `Layer::slots`): where to look in `bounds` for a bucket,
+    /// and the end of the range found there.
+    pub(crate) slots: Box<[(u32, u32)]>,
     /// Parallel to `bounds`: who owns the range.
     pub(crate) owners: Box<[Owner]>,
     pub(crate) experiments: Box<[Experiment]>,
     /// Every experiment's cells, grouped by experiment.
     pub(crate) cells: Box<[Cell]>,
+    /// Distinct cell ids: owners name their first two cells by index into it. Few and shared
+    /// (`control`, `treatment`, ...), so it stays in cache.
+    pub(crate) cell_names: Box<[Box<str>]>,
     pub(crate) holdouts: Box<[Holdout]>,
     pub(crate) flags: Box<[Flag]>,
     /// Flag key → index into `flags`, hashed by [`key_hash`] and compared with `short_eq`
@@ -65,23 +81,46 @@ pub(crate) struct Layer {
     /// This layer's slice of `bounds`/`owners`.
     pub(crate) first: u32,
     pub(crate) len: u32,
+    /// Where this layer's slot table starts in `Snapshot::slots`: `2^(64 - shift)` slots
+    /// (at least as many as ranges) and one more entry, `first + len`. A unit's slot is the top
+    /// `64 - shift` bits of its layer hash. Slot `s` holds the index into `bounds` of the first
+    /// range ending after the least bucket a hash in the slot can have, and that range's end
+    /// (0 if there is none). So the range owning a bucket in slot `s` is at or after entry `s`
+    /// and at most at entry `s + 1`, and it is entry `s`'s if the bucket is below its end.
+    pub(crate) slots: u32,
+    pub(crate) shift: u32,
     /// Holdouts covering this layer.
     pub(crate) holdouts: Box<[u32]>,
 }
 
+/// Everything a unit whose bucket falls in an owned range needs, in one cache line: the
+/// owning experiment's cell seed and weights, its first two cells inline, and the names.
 #[derive(Debug, Clone)]
+#[repr(align(64))]
 pub(crate) struct Owner {
-    pub(crate) experiment: u32,
-    /// The experiment's id, shared, so naming an assignment needs no extra lookup.
-    pub(crate) experiment_id: Arc<str>,
-    /// Whether the experiment has a `when` condition to check.
-    pub(crate) conditional: bool,
-    /// The experiment's slice of `cells`.
-    pub(crate) first_cell: u32,
-    pub(crate) cell_count: u32,
     /// The experiment's cell seed and total weight.
     pub(crate) seed: u64,
     pub(crate) total: u64,
+    /// Exclusive end of the first cell's slice of `0..total` (`total` for one cell): one
+    /// cell's weight, so it fits 32 bits.
+    pub(crate) split: u32,
+    /// The first bucket of the range this entry owns (its end is in `bounds`).
+    pub(crate) start: u32,
+    /// The experiment's id, shared, so naming an assignment needs no extra lookup.
+    pub(crate) experiment_id: Arc<str>,
+    /// The first experiment whose `when` is the same as this one's (its own index if it has
+    /// none or is the first): the condition evaluated.
+    pub(crate) experiment: u32,
+    /// The class of the experiment's `when` condition, dense in order of first appearance
+    /// (equal `when`s share one), or [`UNCONDITIONAL`]. `allocate_into` evaluates each class
+    /// at most once per call.
+    pub(crate) condition: u32,
+    /// The experiment's slice of `cells`.
+    pub(crate) first_cell: u32,
+    pub(crate) cell_count: u32,
+    /// Indices into `Snapshot::cell_names` of the first two cells' ids (the second is unused
+    /// for one cell).
+    pub(crate) names: [u32; 2],
 }
 
 #[derive(Debug)]
@@ -331,12 +370,12 @@ impl Snapshot {
                 out.holdouts.push(&h.id);
             }
         }
-        // Layers go in batches: first every layer's bucket and owning range, then the owners
-        // and cells. The lookups of different layers do not depend on each other, so their
+        // Layers go in batches: first every layer's bucket, owning range and owner, then the
+        // owners' cells. The lookups of different layers do not depend on each other, so their
         // cache misses overlap instead of queueing one behind the other.
-        let mut base = 0u32;
+        let mut seen = Seen::default();
         for chunk in self.layers.chunks(BATCH) {
-            let mut located: [Option<(u32, u32, &str)>; BATCH] = [None; BATCH];
+            let mut located: [Option<(&Owner, u32, &str)>; BATCH] = [None; BATCH];
             for (slot, layer) in located.iter_mut().zip(chunk) {
                 if !held.is_empty() && layer.holdouts.iter().any(|h| held.contains(h)) {
                     continue;
@@ -344,17 +383,21 @@ impl Snapshot {
                 if let Some(&Ok(unit)) = units.get(layer.unit as usize) {
                     *slot = self
                         .locate(layer, unit)
-                        .map(|(owner, bucket)| (owner, bucket, unit));
+                        .map(|(_, owner, bucket)| (owner, bucket, unit));
                 }
             }
-            for (j, slot) in located.iter().enumerate() {
+            for (slot, layer) in located.iter().zip(chunk) {
                 if let Some((owner, bucket, unit)) = *slot
-                    && let Some(hit) = self.settle(base + j as u32, owner, bucket, unit, ctx)
+                    && let Some(k) = self.pick(owner, unit, ctx, &mut seen)
                 {
-                    out.assignments.push(self.named(hit));
+                    out.assignments.push(Assignment {
+                        layer: &layer.id,
+                        experiment: &owner.experiment_id,
+                        cell: self.cell_name(owner, k),
+                        bucket,
+                    });
                 }
             }
-            base += chunk.len() as u32;
         }
     }
 
@@ -567,57 +610,56 @@ impl Snapshot {
     /// The unit's experiment and cell in one layer, holdouts aside.
     #[inline(always)]
     fn assign(&self, li: u32, layer: &Layer, unit: &str, ctx: &Context) -> Option<Hit> {
-        let (owner, bucket) = self.locate(layer, unit)?;
-        self.settle(li, owner, bucket, unit, ctx)
-    }
-
-    /// The unit's bucket in the layer and the index of the range owning it, if any.
-    #[inline(always)]
-    fn locate(&self, layer: &Layer, unit: &str) -> Option<(u32, u32)> {
-        let bucket = scale(hash(layer.seed, unit), u64::from(layer.buckets)) as u32;
-        let first = layer.first as usize;
-        let bounds = self.bounds.get(first..first + layer.len as usize)?;
-        // The last range starting at or before the bucket is the only one that can hold it.
-        let idx = bounds
-            .partition_point(|&(start, _)| start <= bucket)
-            .checked_sub(1)?;
-        let &(_, end) = bounds.get(idx)?;
-        (bucket < end).then_some(((first + idx) as u32, bucket))
-    }
-
-    /// Eligibility and the cell for a unit whose bucket is owned by `owners[owner]`.
-    #[inline(always)]
-    fn settle(
-        &self,
-        li: u32,
-        owner_idx: u32,
-        bucket: u32,
-        unit: &str,
-        ctx: &Context,
-    ) -> Option<Hit> {
-        let owner = self.owners.get(owner_idx as usize)?;
-        if owner.conditional
-            && !self
-                .experiments
-                .get(owner.experiment as usize)
-                .is_some_and(|e| e.when.eval(ctx))
-        {
-            return None;
-        }
-        let p = scale(hash(owner.seed, unit), owner.total);
-        let first_cell = owner.first_cell as usize;
-        let cells = self
-            .cells
-            .get(first_cell..first_cell + owner.cell_count as usize)?;
-        let cell = first_cell + cells.iter().position(|c| p < c.end)?;
+        let (idx, owner, bucket) = self.locate(layer, unit)?;
+        let k = self.pick(owner, unit, ctx, &mut Seen::default())?;
         Some(Hit {
             layer: li,
-            owner: owner_idx,
-            cell: cell as u32,
+            owner: idx,
+            cell: owner.first_cell + k,
             bucket,
         })
     }
 
+    /// The range owning the unit's bucket in the layer, if any: its index into `bounds`/`owners`,
+    /// its owner, and the bucket.
+    #[inline(always)]
+    fn locate(&self, layer: &Layer, unit: &str) -> Option<(u32, &Owner, u32)> {
+        let h = hash(layer.seed, unit);
+        let bucket = scale(h, u64::from(layer.buckets)) as u32;
+        // The hash's top bits pick a slot, which bounds where the owning range can be.
+        let slot = layer.slots as usize + h.checked_shr(layer.shift).unwrap_or(0) as usize;
+        let &(lo, end) = self.slots.get(slot)?;
+        let idx = if bucket < end {
+            // The common case: the slot's first candidate, if the bucket is not in a gap
+            // before it. Its start is in the owner's line, which the caller reads anyway.
+            lo
+        } else {
+            // Past it: a later range up to the next slot's entry (inclusive, if that is still
+            // this layer's).
+            let &(next, _) = self.slots.get(slot + 1)?;
+            let hi = (next + 1).min(layer.first + layer.len);
+            let candidates = self.bounds.get(lo as usize + 1..hi as usize)?;
+            let i = candidates.partition_point(|&(_, end)| end <= bucket);
+            let &(start, _) = candidates.get(i)?;
+            if bucket < start {
+                return None;
+            }
+            lo + 1 + i as u32
+        };
+        let owner = self.owners.get(idx as usize)?;
+        (owner.start <= bucket).then_some((idx, owner, bucket))
+    }
+
+    /// Eligibility and the position of the unit's cell among `owner`'s experiment's cells.
+    #[inline(always)]
+    fn pick(&self, owner: &Owner, unit: &str, ctx: &Context, seen: &mut Seen) -> Option<u32> {
+        if owner.condition != UNCONDITIONAL && !self.eligible(owner, ctx, seen) {
+            return None;
+        }
+        owner.cell(scale(hash(owner.seed, unit), owner.total), &self.cells)
+    }
+
+    /// Names a hit of `resolve`/`resolve_all`, whose `finish` has just read the hit's cell.
     #[inline(always)]
     fn named(&self, hit: Hit) -> Assignment<'_> {
         Assignment {
@@ -629,6 +671,40 @@ impl Snapshot {
             cell: self.cells.get(hit.cell as usize).map_or("", |c| &*c.id),
             bucket: hit.bucket,
         }
+    }
+
+    /// Whether the context satisfies `owner`'s experiment's condition: evaluated once per class
+    /// and call.
+    #[inline(always)]
+    fn eligible(&self, owner: &Owner, ctx: &Context, seen: &mut Seen) -> bool {
+        let bit = 1u128.checked_shl(owner.condition).unwrap_or(0);
+        if seen.known & bit != 0 {
+            return seen.holds & bit != 0;
+        }
+        let holds = self
+            .experiments
+            .get(owner.experiment as usize)
+            .is_some_and(|e| e.when.eval(ctx));
+        seen.known |= bit;
+        if holds {
+            seen.holds |= bit;
+        }
+        holds
+    }
+
+    /// The id of the `k`th cell of `owner`'s experiment: from the shared names for its first
+    /// two cells, without reading `cells`.
+    #[inline(always)]
+    fn cell_name(&self, owner: &Owner, k: u32) -> &str {
+        let name = match k {
+            0 => self.cell_names.get(owner.names[0] as usize),
+            1 => self.cell_names.get(owner.names[1] as usize),
+            _ => self
+                .cells
+                .get((owner.first_cell + k) as usize)
+                .map(|c| &c.id),
+        };
+        name.map_or("", |n| &**n)
     }
 
     /// Experiments first, then rules in order, then the default. The caller has handled
@@ -711,6 +787,25 @@ impl Holdout {
         let Ok(unit) = unit else { return false };
         let b = scale(hash(self.seed, unit), u64::from(self.buckets)) as u32;
         self.ranges.iter().any(|&(s, e)| s <= b && b < e)
+    }
+}
+
+// === impl Owner ===
+
+impl Owner {
+    /// The position within the experiment's cells of the cell holding `p` (`p < total`).
+    #[inline(always)]
+    fn cell(&self, p: u64, cells: &[Cell]) -> Option<u32> {
+        if p < u64::from(self.split) {
+            return Some(0);
+        }
+        if self.cell_count == 2 {
+            return Some(1);
+        }
+        // Three or more cells: walk the rest.
+        let first = self.first_cell as usize;
+        let rest = cells.get(first + 1..first + self.cell_count as usize)?;
+        rest.iter().position(|c| p < c.end).map(|i| i as u32 + 1)
     }
 }
 
