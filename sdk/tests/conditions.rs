@@ -413,3 +413,41 @@ flags:
         );
     }
 }
+
+/// `allocate` evaluates each distinct experiment condition once per call and remembers the
+/// answer for the first 128 of them; past that it evaluates every time. Either way each layer's
+/// experiment sees its own condition: 200 layers, experiment `i` eligible only for `n == i`, and
+/// the same condition again in a second layer so that some classes are shared.
+#[test]
+fn many_distinct_experiment_conditions_each_gate_their_own_experiment() {
+    let n = 200;
+    let mut layers = Vec::new();
+    let mut experiments = Vec::new();
+    for i in 0..n {
+        layers.push(json!({ "id": format!("l{i}") }));
+        experiments.push(json!({
+            "id": format!("e{i}"), "layer": format!("l{i}"), "ranges": ["0..10000"],
+            // Layer i's experiment repeats layer (i - 100)'s condition from i = 150 on.
+            "when": { "n": { "eq": if i >= 150 { i - 100 } else { i } } },
+            "cells": [{ "id": "c", "flags": {} }],
+        }));
+    }
+    let doc = json!({ "layers": layers, "experiments": experiments, "flags": [] });
+    let snapshot = compile_str(&doc.to_string(), 1).unwrap();
+    for k in [0, 1, 49, 50, 99, 127, 128, 129, 149, 150, 199, 200] {
+        let ctx = Context::with_targeting_key("member-1").with("n", k);
+        let got: Vec<&str> = snapshot
+            .allocate(&ctx)
+            .assignments()
+            .iter()
+            .map(|a| a.experiment)
+            .collect();
+        let e = |i: i32| format!("e{i}");
+        let want: Vec<String> = match k {
+            50..=99 => vec![e(k), e(k + 100)],
+            0..=149 => vec![e(k)],
+            _ => vec![],
+        };
+        assert_eq!(got, want, "n = {k}");
+    }
+}

@@ -16,6 +16,36 @@ struct LayerSpec {
     segments: Vec<(u32, u32, Option<usize>)>,
     /// Salt and cell weights of each experiment.
     experiments: Vec<(String, Vec<u32>)>,
+    /// Each experiment's `when`, an index into [`WHEN`] (by experiment position, modulo).
+    when: Vec<usize>,
+}
+
+/// The experiments' conditions, shared across layers so that equal conditions share one
+/// evaluation per `allocate` call; 0 is none.
+const WHEN: [&str; 4] = [
+    "",
+    r#"{"country": {"eq": "SE"}}"#,
+    r#"{"country": {"in": ["SE", "NO"]}}"#,
+    r#"{"plan": {"eq": "pro"}}"#,
+];
+
+/// The unit's context: `targetingKey` plus a country and a plan derived from the unit.
+fn context(unit: &str) -> Context {
+    let b = bucket::bucket("attrs", unit, 6) as usize;
+    Context::with_targeting_key(unit)
+        .with("country", ["SE", "NO", "US"][b % 3])
+        .with("plan", ["pro", "free"][b / 3])
+}
+
+/// Whether `unit` satisfies condition `WHEN[w]` (the oracle's own reading of it).
+fn holds(w: usize, unit: &str) -> bool {
+    let b = bucket::bucket("attrs", unit, 6) as usize;
+    match w {
+        1 => b % 3 == 0,
+        2 => b % 3 < 2,
+        3 => b / 3 == 0,
+        _ => true,
+    }
 }
 
 fn salt() -> impl Strategy<Value = String> {
@@ -43,8 +73,9 @@ fn layer_spec() -> impl Strategy<Value = LayerSpec> {
         prop::collection::vec(any::<u64>(), 0..40),
         prop::collection::vec(any::<u8>(), 41),
         prop::collection::vec((salt(), prop::collection::vec(0..5u32, 1..4)), 1..4),
+        prop::collection::vec(0..WHEN.len(), 4),
     )
-        .prop_map(|(salt, buckets, cuts, owners, mut experiments)| {
+        .prop_map(|(salt, buckets, cuts, owners, mut experiments, when)| {
             let mut cuts: Vec<u32> = cuts
                 .into_iter()
                 .map(|c| bucket::scale(c, u64::from(buckets)) as u32)
@@ -73,6 +104,7 @@ fn layer_spec() -> impl Strategy<Value = LayerSpec> {
                 buckets,
                 segments,
                 experiments,
+                when,
             }
         })
 }
@@ -103,10 +135,15 @@ fn config(layers: &[LayerSpec]) -> Value {
                     json!({"id": format!("c{k}"), "weight": w, "flags": {format!("f{i}"): v}})
                 })
                 .collect();
-            exps.push(json!({
+            let mut exp = json!({
                 "id": format!("l{i}e{j}"), "layer": format!("l{i}"), "salt": salt,
                 "ranges": ranges, "cells": cells,
-            }));
+            });
+            let w = l.when[j % l.when.len()];
+            if w != 0 {
+                exp["when"] = serde_json::from_str(WHEN[w]).unwrap();
+            }
+            exps.push(exp);
         }
         flags.push(json!({
             "key": format!("f{i}"), "type": "string", "variants": variants, "default": "none",
@@ -126,7 +163,9 @@ fn expected(layers: &[LayerSpec], unit: &str) -> Vec<(String, String, String, u3
     for (i, l) in layers.iter().enumerate() {
         let b = bucket::bucket(&l.salt, unit, l.buckets);
         let owner = l.segments.iter().find(|s| s.0 <= b && b < s.1).unwrap().2;
-        if let Some(j) = owner {
+        if let Some(j) = owner
+            && holds(l.when[j % l.when.len()], unit)
+        {
             let (salt, weights) = &l.experiments[j];
             let cell = bucket::pick(salt, unit, weights).unwrap();
             out.push((format!("l{i}"), format!("l{i}e{j}"), format!("c{cell}"), b));
@@ -136,7 +175,7 @@ fn expected(layers: &[LayerSpec], unit: &str) -> Vec<(String, String, String, u3
 }
 
 fn actual(snapshot: &Snapshot, unit: &str) -> Vec<(String, String, String, u32)> {
-    let ctx = Context::with_targeting_key(unit);
+    let ctx = context(unit);
     snapshot
         .allocate(&ctx)
         .assignments()
@@ -242,7 +281,7 @@ proptest! {
     ) {
         let snap = snapshot(&layers);
         for unit in &units {
-            let ctx = Context::with_targeting_key(unit.as_str());
+            let ctx = context(unit);
             let alloc = snap.allocate(&ctx);
             let all = snap.resolve_all(&ctx);
             prop_assert_eq!(all.len(), layers.len());
