@@ -41,7 +41,7 @@ fn context(unit: &str) -> Context {
 fn holds(w: usize, unit: &str) -> bool {
     let b = bucket::bucket("attrs", unit, 6) as usize;
     match w {
-        1 => b % 3 == 0,
+        1 => b.is_multiple_of(3),
         2 => b % 3 < 2,
         3 => b / 3 == 0,
         _ => true,
