@@ -15,7 +15,7 @@ use allot::{Context, Reason, Resolution, stamp};
 use allot_proto::allot::v1 as pb;
 use allot_proto::convert::{json_to_prost_value, prost_value_to_json, struct_to_json_map};
 use prost::Message as _;
-use prost::encoding::{encode_varint, encoded_len_varint};
+use prost::encoding::encoded_len_varint;
 use prost_types::value::Kind;
 use serde_json::Value;
 
@@ -260,6 +260,17 @@ fn put_flag(out: &mut Vec<u8>, field: u8, r: &Resolution<'_>, cache: Option<&Ren
     put_str(out, 5, cell);
     put_str(out, 6, layer);
     put_str(out, 7, error);
+}
+
+/// Writes `v` as a varint (prost's `encode_varint`, inlined: nearly every value here is a
+/// length under 128).
+#[inline]
+fn encode_varint(mut v: u64, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
 }
 
 /// The encoded length of singular string field (1-15) `s`: nothing when empty (proto3).
