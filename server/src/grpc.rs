@@ -1062,7 +1062,8 @@ mod tests {
         let routes = allocator_routes(Service::new(store, Limits::default()), stop_rx);
 
         let plain = framed(&allocate_request(1));
-        let mut cases: Vec<(Vec<Frame<Bytes>>, Vec<(&'static str, &'static str)>)> = Vec::new();
+        type Headers = Vec<(&'static str, &'static str)>;
+        let mut cases: Vec<(Vec<Frame<Bytes>>, Headers)> = Vec::new();
         for i in 0..50 {
             cases.push((vec![Frame::data(framed(&allocate_request(i)))], vec![]));
         }

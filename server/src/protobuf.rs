@@ -579,13 +579,13 @@ mod tests {
             request(&structure(&[a.clone(), b.clone()])),
             request(&structure(&[b.clone(), c.clone(), a.clone()])),
             [
-                request(&structure(&[a.clone()])),
-                request(&structure(&[c.clone()])),
+                request(&structure(std::slice::from_ref(&a))),
+                request(&structure(std::slice::from_ref(&c))),
             ]
             .concat(),
             [
-                request(&structure(&[a.clone()])),
-                request(&structure(&[b.clone()])),
+                request(&structure(std::slice::from_ref(&a))),
+                request(&structure(std::slice::from_ref(&b))),
             ]
             .concat(),
             request(&structure(&[value_first, a.clone()])),
@@ -600,8 +600,12 @@ mod tests {
             request(&structure(&[bad_utf8_value])),
             request(&structure(&[bad_utf8_key])),
             // Unknown fields: top level, in the struct, in an entry, in a value.
-            [request(&structure(&[a.clone()])), vec![key(2, VARINT), 7]].concat(),
-            request(&[structure(&[a.clone()]), vec![key(2, VARINT), 7]].concat()),
+            [
+                request(&structure(std::slice::from_ref(&a))),
+                vec![key(2, VARINT), 7],
+            ]
+            .concat(),
+            request(&[structure(std::slice::from_ref(&a)), vec![key(2, VARINT), 7]].concat()),
             request(&structure(&[[a.clone(), vec![key(3, VARINT), 7]].concat()])),
             request(&structure(&[entry(
                 b"k",
