@@ -4,6 +4,13 @@
 //! This module only maps messages and metadata to [`Service`] calls and the views it returns
 //! back to messages; it holds no allocation logic. Errors reach clients through
 //! `From<ApiError> for tonic::Status`.
+//!
+//! `Allocate`, the hot method, is served by [`allocator_routes`]: `Dispatch` hands its calls
+//! to it past axum's routing, a plain call (one uncompressed message, no `grpc-encoding`, no
+//! trailers) is answered without tonic's streaming codec, the context is decoded straight from
+//! the request bytes and the answer written from per-revision protobuf fragments
+//! ([`crate::protobuf`]). The answer is tonic's to the byte (tests compare both paths); every
+//! other call, and every odd request, takes tonic's own path.
 
 use std::future::Future;
 use std::sync::Arc;

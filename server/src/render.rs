@@ -152,8 +152,8 @@ impl RenderCache {
         Some((flag, variant))
     }
 
-    /// The protobuf fragments of `r` (see [`RenderCache::variant`]): the map entry's key field
-    /// and the `FlagResolution`'s `value` and `variant` fields.
+    /// The protobuf fragments of `r`, if it is a flag and variant of this config: the map
+    /// entry's key field and the `FlagResolution`'s `value` and `variant` fields.
     pub fn pb_fragments(&self, r: &Resolution<'_>) -> Option<(&[u8], &[u8])> {
         self.flag_variant(r).map(|(f, v)| (&*f.pb_key, &*v.pb))
     }
