@@ -223,7 +223,7 @@ impl AllocatorRoutes {
         // comes, is tonic's.
         let mut frames: Vec<Frame<Bytes>> = Vec::new();
         // The message's prefix, once read: compression flag and length.
-        let (mut head, mut head_len) = ([0; FRAME_HEADER], 0);
+        let mut head = Vec::with_capacity(FRAME_HEADER);
         let mut read = 0;
         let mut context = None;
         let mut error = None;
@@ -239,13 +239,12 @@ impl AllocatorRoutes {
                         frames.push(frame);
                         break;
                     };
-                    for &b in data.iter().take(FRAME_HEADER - head_len) {
-                        head[head_len] = b;
-                        head_len += 1;
+                    for &b in data.iter().take(FRAME_HEADER.saturating_sub(read)) {
+                        head.push(b);
                     }
                     read += data.len();
                     frames.push(frame);
-                    let Some(len) = plain_prefix(&head[..head_len]) else {
+                    let Some(len) = plain_prefix(&head) else {
                         break;
                     };
                     let Some(len) = len else {
