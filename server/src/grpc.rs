@@ -216,16 +216,8 @@ impl AllocatorRoutes {
             return self.allocate_with_tonic(req).await;
         }
         let (parts, mut body) = req.into_parts();
-        // Read as tonic reads: the message, decoded as soon as it is complete, then the rest of
-        // the body. At the first sign of anything but a plain call (a compressed or too long
-        // prefix, a message that does not decode, more data, trailers, an error), the rest is
-        // tonic's, at that moment, with what was read replayed: so every answer, and when it
-        // comes, is tonic's.
         let mut frames: Vec<Frame<Bytes>> = Vec::new();
-        // The message's prefix, once read: compression flag and length.
-        let mut head = Vec::with_capacity(FRAME_HEADER);
         let mut read = 0;
-        let mut context = None;
         let mut error = None;
         let mut ended = false;
         loop {
@@ -235,31 +227,10 @@ impl AllocatorRoutes {
                     break;
                 }
                 Some(Ok(frame)) => {
-                    let Some(data) = frame.data_ref() else {
-                        frames.push(frame);
-                        break;
-                    };
-                    for &b in data.iter().take(FRAME_HEADER.saturating_sub(read)) {
-                        head.push(b);
-                    }
-                    read += data.len();
+                    read += frame.data_ref().map_or(0, Bytes::len);
                     frames.push(frame);
-                    let Some(len) = plain_prefix(&head) else {
+                    if read > crate::protobuf::FRAME_HEADER + MAX_MESSAGE {
                         break;
-                    };
-                    let Some(len) = len else {
-                        continue;
-                    };
-                    if read > FRAME_HEADER + len {
-                        break;
-                    }
-                    if read == FRAME_HEADER + len && context.is_none() {
-                        match plain_message(&frames)
-                            .map(|m| crate::protobuf::decode_allocate_context(&m))
-                        {
-                            Some(Ok(ctx)) => context = Some(ctx),
-                            _ => break,
-                        }
                     }
                 }
                 Some(Err(e)) => {
@@ -268,8 +239,8 @@ impl AllocatorRoutes {
                 }
             }
         }
-        let context = if ended { context } else { None };
-        let Some(context) = context else {
+        let message = if ended { plain_message(&frames) } else { None };
+        let Some(message) = message else {
             let body = Replay {
                 frames: frames.into(),
                 error,
@@ -278,6 +249,11 @@ impl AllocatorRoutes {
             return self
                 .allocate_with_tonic(axum::http::Request::from_parts(parts, body))
                 .await;
+        };
+        let context = match crate::protobuf::decode_allocate_context(&message) {
+            Ok(context) => context,
+            // As tonic-prost reports a decode error.
+            Err(e) => return Status::internal(e.to_string()).into_http(),
         };
         let metadata = MetadataMap::from_headers(parts.headers);
         let request = Request::from_parts(metadata, parts.extensions, context);
@@ -323,30 +299,11 @@ impl AllocatorRoutes {
 /// The `grpc-encoding` request header.
 const GRPC_ENCODING: &str = "grpc-encoding";
 
-/// The length of a gRPC message's prefix.
-const FRAME_HEADER: usize = crate::protobuf::FRAME_HEADER;
-
-/// What `head`, a message prefix or the start of one, says: `None` if the message is not plain
-/// (compressed, or declaring more than [`MAX_MESSAGE`] bytes), else its length once known.
-fn plain_prefix(head: &[u8]) -> Option<Option<usize>> {
-    match head {
-        [] => Some(None),
-        [flag, ..] if *flag != 0 => None,
-        [_, len @ ..] => match <[u8; 4]>::try_from(len) {
-            Ok(len) => {
-                let len = u32::from_be_bytes(len) as usize;
-                (len <= MAX_MESSAGE).then_some(Some(len))
-            }
-            Err(_) => Some(None),
-        },
-    }
-}
-
 /// The one message of a plain unary request body (see [`AllocatorRoutes::allocate`]): only
 /// DATA frames, together exactly one uncompressed length-prefixed message of at most
 /// [`MAX_MESSAGE`] bytes.
 fn plain_message(frames: &[Frame<Bytes>]) -> Option<Bytes> {
-    let header = FRAME_HEADER;
+    let header = crate::protobuf::FRAME_HEADER;
     let body = match frames {
         [one] => one.data_ref()?.clone(),
         _ => {
@@ -1144,11 +1101,6 @@ mod tests {
                 ],
                 vec![],
             ),
-            // The message, then an empty frame.
-            (
-                vec![Frame::data(plain.clone()), Frame::data(Bytes::new())],
-                vec![],
-            ),
             // No message, an empty message (no context: no unit), garbage.
             (vec![], vec![]),
             (vec![Frame::data(framed(&[]))], vec![]),
@@ -1191,52 +1143,5 @@ mod tests {
             .await;
             assert_eq!(direct, tonic, "case {i}");
         }
-
-        // Bodies that never end: what tonic refuses as soon as it has read it (a compressed or
-        // too long prefix, a message that does not decode) is refused at once on both paths,
-        // alike; a plain message waits for the end of the body on both.
-        type Open = StreamBody<
-            tokio_stream::adapters::Chain<
-                tokio_stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>,
-                tokio_stream::Pending<Result<Frame<Bytes>, Infallible>>,
-            >,
-        >;
-        let open = |data: Bytes| -> axum::http::Request<Open> {
-            let frames = tokio_stream::iter(vec![Ok(Frame::data(data))]);
-            axum::http::Request::builder()
-                .method("POST")
-                .uri(ALLOCATE_PATH)
-                .header("content-type", "application/grpc")
-                .body(StreamBody::new(frames.chain(tokio_stream::pending())))
-                .unwrap()
-        };
-        let once = |fut: std::pin::Pin<
-            &mut dyn Future<Output = axum::http::Response<tonic::body::Body>>,
-        >| {
-            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-            match fut.poll(&mut cx) {
-                std::task::Poll::Ready(res) => Some(res),
-                std::task::Poll::Pending => None,
-            }
-        };
-        let mut long_prefix = vec![0];
-        long_prefix.extend_from_slice(&u32::try_from(MAX_MESSAGE + 1).unwrap().to_be_bytes());
-        let garbage = framed(&[0x0a, 0x05, 1]);
-        for data in [Bytes::from(long_prefix), Bytes::from(compressed), garbage] {
-            let direct = once(std::pin::pin!(routes.clone().allocate(open(data.clone()))))
-                .expect("refused at once");
-            let tonic = once(std::pin::pin!(
-                routes.clone().allocate_with_tonic(open(data))
-            ))
-            .expect("refused at once");
-            assert_eq!(seen(direct).await, seen(tonic).await);
-        }
-        assert!(once(std::pin::pin!(routes.clone().allocate(open(plain.clone())))).is_none());
-        assert!(
-            once(std::pin::pin!(
-                routes.clone().allocate_with_tonic(open(plain))
-            ))
-            .is_none()
-        );
     }
 }
