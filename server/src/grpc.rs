@@ -21,8 +21,6 @@ use allot_proto::allot::v1 as pb;
 use allot_proto::allot::v1::allocator_server::{Allocator, AllocatorServer};
 use allot_proto::convert::{json_to_prost_value, struct_to_json_map};
 use anyhow::Context as _;
-use hyper::body::Frame;
-use prost::bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
@@ -198,93 +196,13 @@ impl tonic::server::NamedService for AllocatorRoutes {
 }
 
 impl AllocatorRoutes {
-    /// Answers one `Allocate` call as the generated service would, byte for byte. A plain
-    /// call (no `grpc-encoding`, a body of exactly one uncompressed message of at most
-    /// [`MAX_MESSAGE`] bytes, no trailers) is answered here: its one message decoded, the
-    /// answer as one DATA frame and the `grpc-status: 0` trailers, as tonic's unary path writes
-    /// them. Anything else (and every error from the body) goes through tonic's unary path, the
-    /// body frames already read replayed first.
+    /// Answers one `Allocate` call (any other request: as the generated service would).
     pub async fn allocate<B>(
         self,
         req: axum::http::Request<B>,
     ) -> axum::http::Response<tonic::body::Body>
     where
-        B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
-    {
-        if req.headers().contains_key(GRPC_ENCODING) {
-            return self.allocate_with_tonic(req).await;
-        }
-        let (parts, mut body) = req.into_parts();
-        let mut frames: Vec<Frame<Bytes>> = Vec::new();
-        let mut read = 0;
-        let mut error = None;
-        let mut ended = false;
-        loop {
-            match std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
-                None => {
-                    ended = true;
-                    break;
-                }
-                Some(Ok(frame)) => {
-                    read += frame.data_ref().map_or(0, Bytes::len);
-                    frames.push(frame);
-                    if read > crate::protobuf::FRAME_HEADER + MAX_MESSAGE {
-                        break;
-                    }
-                }
-                Some(Err(e)) => {
-                    error = Some(e);
-                    break;
-                }
-            }
-        }
-        let message = if ended { plain_message(&frames) } else { None };
-        let Some(message) = message else {
-            let body = Replay {
-                frames: frames.into(),
-                error,
-                inner: (!ended).then_some(body),
-            };
-            return self
-                .allocate_with_tonic(axum::http::Request::from_parts(parts, body))
-                .await;
-        };
-        let context = match crate::protobuf::decode_allocate_context(&message) {
-            Ok(context) => context,
-            // As tonic-prost reports a decode error.
-            Err(e) => return Status::internal(e.to_string()).into_http(),
-        };
-        let metadata = MetadataMap::from_headers(parts.headers);
-        let request = Request::from_parts(metadata, parts.extensions, context);
-        match self.service.allocate_encoded(request) {
-            Ok(response) => {
-                // As tonic's `Response::into_http`, then `Grpc::map_response`.
-                let (metadata, framed, extensions) = response.into_parts();
-                let mut res = axum::http::Response::new(tonic::body::Body::new(Unary {
-                    data: Some(Bytes::from(framed)),
-                    trailers: true,
-                }));
-                *res.version_mut() = axum::http::Version::HTTP_2;
-                *res.headers_mut() = metadata.into_headers();
-                *res.extensions_mut() = extensions;
-                res.headers_mut().insert(
-                    axum::http::header::CONTENT_TYPE,
-                    axum::http::HeaderValue::from_static("application/grpc"),
-                );
-                res
-            }
-            Err(status) => status.into_http(),
-        }
-    }
-
-    /// [`AllocatorRoutes::allocate`] through tonic's unary path.
-    async fn allocate_with_tonic<B>(
-        self,
-        req: axum::http::Request<B>,
-    ) -> axum::http::Response<tonic::body::Body>
-    where
-        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B: hyper::body::Body<Data = prost::bytes::Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
     {
         // As the generated service configures it: no compression either way, requests up to
@@ -296,109 +214,9 @@ impl AllocatorRoutes {
     }
 }
 
-/// The `grpc-encoding` request header.
-const GRPC_ENCODING: &str = "grpc-encoding";
-
-/// The one message of a plain unary request body (see [`AllocatorRoutes::allocate`]): only
-/// DATA frames, together exactly one uncompressed length-prefixed message of at most
-/// [`MAX_MESSAGE`] bytes.
-fn plain_message(frames: &[Frame<Bytes>]) -> Option<Bytes> {
-    let header = crate::protobuf::FRAME_HEADER;
-    let body = match frames {
-        [one] => one.data_ref()?.clone(),
-        _ => {
-            let mut all = Vec::new();
-            for frame in frames {
-                all.extend_from_slice(frame.data_ref()?);
-            }
-            Bytes::from(all)
-        }
-    };
-    let (&flag, rest) = body.split_first()?;
-    let len = u32::from_be_bytes(rest.get(..header - 1)?.try_into().ok()?) as usize;
-    (flag == 0 && len <= MAX_MESSAGE && body.len() == header + len).then(|| body.slice(header..))
-}
-
-pin_project_lite::pin_project! {
-    /// A request body whose frames (and error) already read are replayed before the rest.
-    struct Replay<B: hyper::body::Body> {
-        frames: std::collections::VecDeque<Frame<Bytes>>,
-        error: Option<B::Error>,
-        // `None` once it has ended.
-        #[pin]
-        inner: Option<B>,
-    }
-}
-
-impl<B> hyper::body::Body for Replay<B>
-where
-    B: hyper::body::Body<Data = Bytes>,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.project();
-        if let Some(frame) = this.frames.pop_front() {
-            return std::task::Poll::Ready(Some(Ok(frame)));
-        }
-        if let Some(e) = this.error.take() {
-            return std::task::Poll::Ready(Some(Err(e)));
-        }
-        match this.inner.as_pin_mut() {
-            Some(inner) => inner.poll_frame(cx),
-            None => std::task::Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.frames.is_empty()
-            && self.error.is_none()
-            && self
-                .inner
-                .as_ref()
-                .is_none_or(hyper::body::Body::is_end_stream)
-    }
-}
-
-/// The body of a unary answer as tonic's `EncodeBody` yields it: the framed message, then the
-/// trailers of `Status::ok("")`; no size hint, at its end only after the trailers.
-struct Unary {
-    data: Option<Bytes>,
-    trailers: bool,
-}
-
-impl hyper::body::Body for Unary {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Status>>> {
-        if let Some(data) = self.data.take() {
-            return std::task::Poll::Ready(Some(Ok(Frame::data(data))));
-        }
-        if std::mem::take(&mut self.trailers) {
-            // As tonic's `Status::to_header_map`.
-            let mut trailers = axum::http::HeaderMap::with_capacity(3);
-            let ok = Status::ok("").add_header(&mut trailers);
-            return std::task::Poll::Ready(Some(ok.map(|()| Frame::trailers(trailers))));
-        }
-        std::task::Poll::Ready(None)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.data.is_none() && !self.trailers
-    }
-}
-
 impl<B> tower::Service<axum::http::Request<B>> for AllocatorRoutes
 where
-    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B: hyper::body::Body<Data = prost::bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
 {
     type Response = axum::http::Response<tonic::body::Body>;
@@ -442,7 +260,7 @@ where
             Response = axum::http::Response<tonic::body::Body>,
             Error = std::convert::Infallible,
         >,
-    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B: hyper::body::Body<Data = prost::bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
     type Response = axum::http::Response<tonic::body::Body>;
@@ -555,12 +373,7 @@ impl tonic::codec::Encoder for AllocateCodec {
         item: Vec<u8>,
         buf: &mut tonic::codec::EncodeBuf<'_>,
     ) -> Result<(), Status> {
-        // The handler's answer is already framed; tonic writes the prefix itself.
-        prost::bytes::BufMut::put_slice(
-            buf,
-            item.get(crate::protobuf::FRAME_HEADER..)
-                .unwrap_or_default(),
-        );
+        prost::bytes::BufMut::put_slice(buf, &item);
         Ok(())
     }
 }
@@ -598,19 +411,11 @@ pub fn incoming_baggage(metadata: &MetadataMap) -> Vec<&str> {
 /// Sets the response's `baggage` metadata to `header` (the merged header from
 /// [`allot::stamp::merge`], which only emits baggage-safe ASCII).
 pub fn set_baggage(metadata: &mut MetadataMap, header: &str) {
-    if let Some(value) = baggage_metadata(header) {
-        metadata.insert(BAGGAGE, value);
-    }
-}
-
-/// The `baggage` metadata value of `header`; `None` (logged) if it is not valid metadata.
-fn baggage_metadata(header: &str) -> Option<MetadataValue<tonic::metadata::Ascii>> {
     match MetadataValue::try_from(header) {
-        Ok(value) => Some(value),
-        Err(_) => {
-            tracing::warn!(header, "merged baggage is not valid metadata; not sent");
-            None
+        Ok(value) => {
+            metadata.insert(BAGGAGE, value);
         }
+        Err(_) => tracing::warn!(header, "merged baggage is not valid metadata; not sent"),
     }
 }
 
@@ -649,8 +454,7 @@ impl AllocatorService {
     }
 
     /// `Allocate` as [`allocator_routes`] serves it: the context already decoded, the answer
-    /// encoded from the render cache as one length-prefixed gRPC message
-    /// ([`crate::protobuf::encode_allocate_framed`]).
+    /// encoded from the render cache ([`crate::protobuf::encode_allocate`]).
     fn allocate_encoded(&self, request: Request<Context>) -> Result<Response<Vec<u8>>, Status> {
         let start = Instant::now();
         let (metadata, _, ctx) = request.into_parts();
@@ -658,9 +462,9 @@ impl AllocatorService {
         self.evaluate_context(start, "Allocate", &metadata, &ctx, &[], |view| {
             service
                 .with_render(view.snapshot, |cache| {
-                    crate::protobuf::encode_allocate_framed(view, Some(cache))
+                    crate::protobuf::encode_allocate(view, Some(cache))
                 })
-                .unwrap_or_else(|_| crate::protobuf::encode_allocate_framed(view, None))
+                .unwrap_or_else(|_| crate::protobuf::encode_allocate(view, None))
         })
     }
 
@@ -680,14 +484,11 @@ impl AllocatorService {
             keys,
             &incoming,
             RequestMeta::grpc(traceparent),
-            // The header's value straight from the view, without a copy of the string first.
-            |view| (f(view), baggage_metadata(&view.baggage)),
+            |view| (f(view), view.baggage.clone()),
         );
         let result = result.map_err(Status::from).map(|(message, baggage)| {
             let mut response = Response::new(message);
-            if let Some(value) = baggage {
-                response.metadata_mut().insert(BAGGAGE, value);
-            }
+            set_baggage(response.metadata_mut(), &baggage);
             response
         });
         if let Some(metrics) = self.service.metrics() {
@@ -946,202 +747,5 @@ pub(crate) fn flag_resolution(r: &Resolution<'_>) -> pb::FlagResolution {
             (allot::Reason::Error, Some(code)) => code.as_str().to_owned(),
             _ => String::new(),
         },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::convert::Infallible;
-
-    use allot_proto::convert::json_map_to_struct;
-    use http_body_util::{BodyExt, StreamBody};
-    use prost::Message as _;
-    use serde_json::json;
-
-    use super::*;
-    use crate::service::Limits;
-    use crate::state::ConfigStore;
-
-    /// Everything a client could see of an answer: status, version, headers in order, the
-    /// body's frames in order (trailers included), and what the body says of its size and end.
-    #[derive(Debug, PartialEq)]
-    struct Seen {
-        status: u16,
-        version: axum::http::Version,
-        headers: Vec<(String, Vec<u8>)>,
-        ended_at_once: bool,
-        size_hint: (u64, Option<u64>),
-        frames: Vec<Result<(bool, Vec<u8>), String>>,
-    }
-
-    async fn seen(res: axum::http::Response<tonic::body::Body>) -> Seen {
-        let (parts, mut body) = res.into_parts();
-        let hint = hyper::body::Body::size_hint(&body);
-        let ended_at_once = hyper::body::Body::is_end_stream(&body);
-        let mut frames = Vec::new();
-        while let Some(frame) = body.frame().await {
-            frames.push(match frame {
-                Ok(f) => Ok(match f.into_data() {
-                    Ok(data) => (true, data.to_vec()),
-                    Err(f) => {
-                        let trailers = f.into_trailers().unwrap();
-                        (false, format!("{trailers:?}").into_bytes())
-                    }
-                }),
-                Err(e) => Err(e.to_string()),
-            });
-        }
-        Seen {
-            status: parts.status.as_u16(),
-            version: parts.version,
-            headers: parts
-                .headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-                .collect(),
-            ended_at_once,
-            size_hint: (hint.lower(), hint.upper()),
-            frames,
-        }
-    }
-
-    type Chunks =
-        StreamBody<tokio_stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
-
-    fn request(
-        frames: &[Frame<Bytes>],
-        headers: &[(&'static str, &'static str)],
-    ) -> axum::http::Request<Chunks> {
-        let frames: Vec<_> = frames
-            .iter()
-            .map(|f| {
-                Ok(match f.data_ref() {
-                    Some(d) => Frame::data(d.clone()),
-                    None => Frame::trailers(f.trailers_ref().unwrap().clone()),
-                })
-            })
-            .collect();
-        let mut req = axum::http::Request::builder()
-            .method("POST")
-            .uri(ALLOCATE_PATH)
-            .header("content-type", "application/grpc")
-            .header("te", "trailers");
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        req.body(StreamBody::new(tokio_stream::iter(frames)))
-            .unwrap()
-    }
-
-    fn framed(message: &[u8]) -> Bytes {
-        let mut out = vec![0];
-        out.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
-        out.extend_from_slice(message);
-        Bytes::from(out)
-    }
-
-    fn allocate_request(i: usize) -> Vec<u8> {
-        let country = ["SE", "US", "CA", "DE"][i % 4];
-        let platform = ["ios", "android", "web", "tv"][i % 4];
-        let context = json!({
-            "targetingKey": format!("member-{i}"),
-            "device_id": format!("device-{i}"),
-            "country": country,
-            "platform": platform,
-            "app_version": format!("{}.{}.0", 4 + i % 3, i % 7),
-        });
-        pb::AllocateRequest {
-            context: Some(json_map_to_struct(context.as_object().unwrap())),
-        }
-        .encode_to_vec()
-    }
-
-    /// The answers of `allocate` (plain calls answered directly, the rest through tonic with
-    /// the body replayed) and of tonic's unary path alone are the same, to the byte, for plain
-    /// calls, client mistakes and every request the direct path leaves to tonic.
-    #[tokio::test]
-    async fn direct_answers_are_tonics_to_the_byte() {
-        let store = Arc::new(ConfigStore::new());
-        store
-            .apply(&crate::source::embedded().unwrap(), None, None)
-            .unwrap();
-        let (_stop, stop_rx) = watch::channel(false);
-        let routes = allocator_routes(Service::new(store, Limits::default()), stop_rx);
-
-        let plain = framed(&allocate_request(1));
-        type Headers = Vec<(&'static str, &'static str)>;
-        let mut cases: Vec<(Vec<Frame<Bytes>>, Headers)> = Vec::new();
-        for i in 0..50 {
-            cases.push((vec![Frame::data(framed(&allocate_request(i)))], vec![]));
-        }
-        let traced = vec![
-            ("baggage", "userId=alice,allot=forged"),
-            (
-                "traceparent",
-                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            ),
-        ];
-        let mut trailers = axum::http::HeaderMap::new();
-        trailers.insert("baggage", "late=1".parse().unwrap());
-        let mut compressed = plain.to_vec();
-        compressed[0] = 1;
-        let too_long = {
-            let mut out = vec![0];
-            out.extend_from_slice(&u32::try_from(MAX_MESSAGE + 1).unwrap().to_be_bytes());
-            Bytes::from(out)
-        };
-        cases.extend([
-            (vec![Frame::data(plain.clone())], traced.clone()),
-            // Split over frames, empty frames among them.
-            (
-                vec![
-                    Frame::data(plain.slice(..3)),
-                    Frame::data(Bytes::new()),
-                    Frame::data(plain.slice(3..)),
-                ],
-                vec![],
-            ),
-            // No message, an empty message (no context: no unit), garbage.
-            (vec![], vec![]),
-            (vec![Frame::data(framed(&[]))], vec![]),
-            (vec![Frame::data(framed(&[0x0a, 0x05, 1]))], vec![]),
-            (vec![Frame::data(plain.slice(..4))], vec![]),
-            (vec![Frame::data(plain.slice(..plain.len() - 1))], vec![]),
-            // Two messages; trailing bytes; request trailers.
-            (
-                vec![Frame::data(plain.clone()), Frame::data(plain.clone())],
-                vec![],
-            ),
-            (
-                vec![Frame::data([&plain[..], &[0]].concat().into())],
-                vec![],
-            ),
-            (
-                vec![Frame::data(plain.clone()), Frame::trailers(trailers)],
-                vec![],
-            ),
-            // Compressed, with and without `grpc-encoding`; too long.
-            (vec![Frame::data(compressed.clone().into())], vec![]),
-            (
-                vec![Frame::data(plain.clone())],
-                vec![("grpc-encoding", "gzip")],
-            ),
-            (
-                vec![Frame::data(plain.clone())],
-                vec![("grpc-encoding", "identity")],
-            ),
-            (vec![Frame::data(too_long)], vec![]),
-        ]);
-        for (i, (frames, headers)) in cases.iter().enumerate() {
-            let direct = seen(routes.clone().allocate(request(frames, headers)).await).await;
-            let tonic = seen(
-                routes
-                    .clone()
-                    .allocate_with_tonic(request(frames, headers))
-                    .await,
-            )
-            .await;
-            assert_eq!(direct, tonic, "case {i}");
-        }
     }
 }

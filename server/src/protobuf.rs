@@ -166,41 +166,16 @@ impl<'a> Reader<'a> {
 /// flags in the view's order, written from `cache`'s fragments where it has them (see the
 /// module docs).
 pub fn encode_allocate(view: &AllocateView<'_>, cache: Option<&RenderCache>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(capacity(view, cache));
-    encode_allocate_into(view, cache, &mut out);
-    out
-}
-
-/// [`encode_allocate`] as one gRPC length-prefixed message: a 0 byte (not compressed), the
-/// length (4 bytes, big-endian), the message.
-pub fn encode_allocate_framed(view: &AllocateView<'_>, cache: Option<&RenderCache>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(FRAME_HEADER + capacity(view, cache));
-    out.extend_from_slice(&[0; FRAME_HEADER]);
-    encode_allocate_into(view, cache, &mut out);
-    let len = u32::try_from(out.len() - FRAME_HEADER).unwrap_or(u32::MAX);
-    out[1..FRAME_HEADER].copy_from_slice(&len.to_be_bytes());
-    out
-}
-
-/// The length of a gRPC message's prefix.
-pub const FRAME_HEADER: usize = 5;
-
-/// A buffer size that fits the answer.
-fn capacity(view: &AllocateView<'_>, cache: Option<&RenderCache>) -> usize {
-    cache
-        .filter(|c| c.is_for(view.snapshot))
-        .map_or(1024, RenderCache::pb_capacity)
+    let cache = cache.filter(|c| c.is_for(view.snapshot));
+    let capacity = cache.map_or(1024, RenderCache::pb_capacity)
         + view.stamp.len()
         + 64 * view.allocation.assignments().len()
-        + 32 * view.allocation.holdouts().len()
-}
-
-fn encode_allocate_into(view: &AllocateView<'_>, cache: Option<&RenderCache>, out: &mut Vec<u8>) {
-    let cache = cache.filter(|c| c.is_for(view.snapshot));
+        + 32 * view.allocation.holdouts().len();
+    let mut out = Vec::with_capacity(capacity);
     let revision = view.snapshot.revision();
     if revision != 0 {
         out.push(key(1, VARINT));
-        encode_varint(revision, out);
+        encode_varint(revision, &mut out);
     }
     for a in view.allocation.assignments() {
         let len = str_len(a.layer)
@@ -212,31 +187,32 @@ fn encode_allocate_into(view: &AllocateView<'_>, cache: Option<&RenderCache>, ou
                 1 + encoded_len_varint(u64::from(a.bucket))
             };
         out.push(key(2, LEN));
-        encode_varint(len as u64, out);
-        put_str(out, 1, a.layer);
-        put_str(out, 2, a.experiment);
-        put_str(out, 3, a.cell);
+        encode_varint(len as u64, &mut out);
+        put_str(&mut out, 1, a.layer);
+        put_str(&mut out, 2, a.experiment);
+        put_str(&mut out, 3, a.cell);
         if a.bucket != 0 {
             out.push(key(4, VARINT));
-            encode_varint(u64::from(a.bucket), out);
+            encode_varint(u64::from(a.bucket), &mut out);
         }
     }
     for h in view.allocation.holdouts() {
         // Repeated strings are written even when empty.
         out.push(key(3, LEN));
-        encode_varint(h.len() as u64, out);
+        encode_varint(h.len() as u64, &mut out);
         out.extend_from_slice(h.as_bytes());
     }
     for r in &view.flags {
-        put_flag(out, 4, r, cache);
+        put_flag(&mut out, 4, r, cache);
     }
     // `baggage`: `allot=<stamp>`.
     let member = stamp::KEY.len() + 1 + view.stamp.len();
     out.push(key(5, LEN));
-    encode_varint(member as u64, out);
+    encode_varint(member as u64, &mut out);
     out.extend_from_slice(stamp::KEY.as_bytes());
     out.push(b'=');
     out.extend_from_slice(view.stamp.as_bytes());
+    out
 }
 
 /// One `map<string, FlagResolution>` entry (field `field`) for `r`.
@@ -298,7 +274,6 @@ fn encode_varint(mut v: u64, out: &mut Vec<u8>) {
 }
 
 /// The encoded length of singular string field (1-15) `s`: nothing when empty (proto3).
-#[inline]
 fn str_len(s: &str) -> usize {
     if s.is_empty() {
         0
@@ -308,20 +283,11 @@ fn str_len(s: &str) -> usize {
 }
 
 /// Writes singular string field `field` (1-15) unless `s` is empty (proto3).
-#[inline]
 fn put_str(out: &mut Vec<u8>, field: u8, s: &str) {
-    match s.len() {
-        0 => {}
-        // Key and length in one write.
-        len @ 1..0x80 => {
-            out.extend_from_slice(&[key(field, LEN), len as u8]);
-            out.extend_from_slice(s.as_bytes());
-        }
-        len => {
-            out.push(key(field, LEN));
-            encode_varint(len as u64, out);
-            out.extend_from_slice(s.as_bytes());
-        }
+    if !s.is_empty() {
+        out.push(key(field, LEN));
+        encode_varint(s.len() as u64, out);
+        out.extend_from_slice(s.as_bytes());
     }
 }
 
