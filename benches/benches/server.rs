@@ -381,8 +381,8 @@ fn benches(c: &mut Criterion) {
 
     // The served `Allocate` minus the socket and HTTP/2: `grpc::allocator_routes` (what the gRPC
     // port serves) as a tower service given a framed unary request; the response is read to its
-    // trailers. Plain calls like these are answered without tonic's streaming codec, from the
-    // per-revision protobuf fragments (`allot_server::protobuf`).
+    // trailers. tonic's unary path with allot's codec: the context decoded from the request
+    // bytes, the answer written from the per-revision protobuf fragments (`allot_server::protobuf`).
     let tonic_svc = allocator_routes(service.clone(), stop_rx.clone());
     // The generated `AllocatorServer` over the same service: tonic's unary path, prost
     // messages built per call (the reference the served path is tested against).
@@ -458,7 +458,7 @@ fn benches(c: &mut Criterion) {
     });
     // `Allocate` through the generated `AllocatorServer` (tonic's unary path, prost messages
     // built per call), as the gRPC port served it before `grpc::allocator_routes`: the gap to
-    // `server/grpc_allocate_demo_tonic` is what the direct path saves.
+    // `server/grpc_allocate_demo_tonic` is what the codec and the dispatch save.
     g.bench_function("grpc_allocate_demo_generated", |b| {
         let mut i = 0usize;
         b.to_async(&rt).iter_batched(

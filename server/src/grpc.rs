@@ -6,11 +6,10 @@
 //! `From<ApiError> for tonic::Status`.
 //!
 //! `Allocate`, the hot method, is served by [`allocator_routes`]: `Dispatch` hands its calls
-//! to it past axum's routing, a plain call (one uncompressed message, no `grpc-encoding`, no
-//! trailers) is answered without tonic's streaming codec, the context is decoded straight from
-//! the request bytes and the answer written from per-revision protobuf fragments
-//! ([`crate::protobuf`]). The answer is tonic's to the byte (tests compare both paths); every
-//! other call, and every odd request, takes tonic's own path.
+//! to it past axum's routing, and tonic's unary path runs it with a codec of our own
+//! (`AllocateCodec`): the context is decoded straight from the request bytes and the answer
+//! written from per-revision protobuf fragments ([`crate::protobuf`]), the same messages prost
+//! would decode and encode (tests compare both).
 
 use std::future::Future;
 use std::sync::Arc;
