@@ -16,7 +16,7 @@ use allot::{Config, Context};
 use allot_proto::allot::v1 as pb;
 use allot_proto::allot::v1::allocator_server::Allocator;
 use allot_proto::convert::json_map_to_struct;
-use allot_server::grpc::{AllocatorService, allocator_server};
+use allot_server::grpc::{AllocatorService, allocator_routes, allocator_server};
 use allot_server::http::router;
 use allot_server::metrics::Metrics;
 use allot_server::service::{Limits, Service};
@@ -352,7 +352,9 @@ fn benches(c: &mut Criterion) {
 
     // gRPC without a socket, including protobuf: decode the request message with prost, call the
     // `Allocator::allocate` trait method, encode the response message. Excluded: tonic's
-    // framing, compression checks and HTTP/2 (see `grpc_allocate_demo_tonic`).
+    // framing, compression checks and HTTP/2 (see `grpc_allocate_demo_tonic`). This is the
+    // reference path (prost messages built per call); the port serves `Allocate` through
+    // `grpc::allocator_routes` (`grpc_allocate_demo_tonic`).
     let (_stop, stop_rx) = watch::channel(false);
     let grpc = AllocatorService::new(service.clone(), stop_rx.clone());
     g.bench_function("grpc_allocate_demo_service", |b| {
@@ -377,19 +379,34 @@ fn benches(c: &mut Criterion) {
         );
     });
 
-    // The whole tonic server stack minus the socket: the generated `AllocatorServer` as a tower
-    // service given a framed unary request; the response is read to its trailers.
-    let tonic_svc = allocator_server(service.clone(), stop_rx);
+    // The served `Allocate` minus the socket and HTTP/2: `grpc::allocator_routes` (what the gRPC
+    // port serves) as a tower service given a framed unary request; the response is read to its
+    // trailers. tonic's unary path with allot's codec: the context decoded from the request
+    // bytes, the answer written from the per-revision protobuf fragments (`allot_server::protobuf`).
+    let tonic_svc = allocator_routes(service.clone(), stop_rx.clone());
+    // The generated `AllocatorServer` over the same service: tonic's unary path, prost
+    // messages built per call (the reference the served path is tested against).
+    let generated_svc = allocator_server(service.clone(), stop_rx);
     rt.block_on(async {
-        let res = tonic_svc
-            .clone()
-            .oneshot(grpc_request(&grpc_frame(&messages[0])))
-            .await
-            .expect("infallible");
-        let collected = res.into_body().collect().await.expect("in-memory body");
-        let status = collected.trailers().and_then(|t| t.get("grpc-status"));
-        assert_eq!(status.map(HeaderValue::as_bytes), Some(&b"0"[..]));
-        assert!(collected.to_bytes().len() > 5);
+        for res in [
+            tonic_svc
+                .clone()
+                .oneshot(grpc_request(&grpc_frame(&messages[0])))
+                .await
+                .expect("infallible"),
+            generated_svc
+                .clone()
+                .oneshot(grpc_request(&grpc_frame(&messages[0])))
+                .await
+                .expect("infallible"),
+        ] {
+            let collected = res.into_body().collect().await.expect("in-memory body");
+            let status = collected.trailers().and_then(|t| t.get("grpc-status"));
+            assert_eq!(status.map(HeaderValue::as_bytes), Some(&b"0"[..]));
+            let body = collected.to_bytes();
+            let answer = pb::AllocateResponse::decode(&body[5..]).expect("an answer");
+            assert_eq!(answer.flags.len(), 11);
+        }
     });
     let frames: Vec<Bytes> = messages.iter().map(|m| grpc_frame(m)).collect();
     g.bench_function("grpc_allocate_demo_tonic", |b| {
@@ -436,6 +453,26 @@ fn benches(c: &mut Criterion) {
                 post_json("/v1/allocate", &bodies[i & MASK], false)
             },
             |req| oneshot(&bare_app, black_box(req)),
+            BatchSize::SmallInput,
+        );
+    });
+    // `Allocate` through the generated `AllocatorServer` (tonic's unary path, prost messages
+    // built per call), as the gRPC port served it before `grpc::allocator_routes`: the gap to
+    // `server/grpc_allocate_demo_tonic` is what the codec and the dispatch save.
+    g.bench_function("grpc_allocate_demo_generated", |b| {
+        let mut i = 0usize;
+        b.to_async(&rt).iter_batched(
+            || {
+                i = i.wrapping_add(1);
+                grpc_request(&frames[i & MASK])
+            },
+            |req| {
+                let svc = generated_svc.clone();
+                async move {
+                    let res = svc.oneshot(black_box(req)).await.expect("infallible");
+                    res.into_body().collect().await.expect("in-memory body")
+                }
+            },
             BatchSize::SmallInput,
         );
     });

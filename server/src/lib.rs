@@ -16,6 +16,7 @@ pub mod listen;
 pub mod log;
 pub mod metrics;
 pub mod ofrep;
+pub mod protobuf;
 pub mod render;
 pub mod service;
 pub mod settings;

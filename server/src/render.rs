@@ -27,11 +27,15 @@ pub struct RenderCache {
     capacity: usize,
     /// The same for the OFREP bulk answer.
     ofrep_capacity: usize,
+    /// The same for the protobuf `AllocateResponse` ([`crate::protobuf`]).
+    pb_capacity: usize,
 }
 
 #[derive(Debug)]
 struct FlagFragments {
     key: Box<str>,
+    /// The protobuf map entry's key field: `0a <len> <key>` ([`crate::protobuf`]).
+    pb_key: Box<[u8]>,
     /// By variant name.
     variants: Box<[VariantFragment]>,
 }
@@ -45,6 +49,8 @@ struct VariantFragment {
     /// `{"key":"<key>","value":<typed v>,"variant":"<name>","reason":"` (OFREP: the value in
     /// the flag's declared type, [`TypedValue`]).
     ofrep: Box<[u8]>,
+    /// The protobuf `FlagResolution`'s `value` and `variant` fields ([`crate::protobuf`]).
+    pb: Box<[u8]>,
 }
 
 // === impl RenderCache ===
@@ -54,12 +60,14 @@ impl RenderCache {
     pub fn new(snapshot: &Snapshot) -> serde_json::Result<Self> {
         let mut capacity = 256;
         let mut ofrep_capacity = 64;
+        let mut pb_capacity = 64;
         let flags: Box<[FlagFragments]> = snapshot
             .config()
             .flags
             .iter()
             .map(|f| {
-                let (mut longest, mut longest_ofrep) = (0, 0);
+                let (mut longest, mut longest_ofrep, mut longest_pb) = (0, 0, 0);
+                let pb_key = crate::protobuf::entry_key(&f.key);
                 let variants = f
                     .variants
                     .iter()
@@ -81,18 +89,24 @@ impl RenderCache {
                         serde_json::to_writer(&mut ofrep, name)?;
                         ofrep.extend_from_slice(b",\"reason\":\"");
                         longest_ofrep = longest_ofrep.max(ofrep.len());
+                        let pb = crate::protobuf::variant_prefix(name, value);
+                        longest_pb = longest_pb.max(pb_key.len() + pb.len());
                         Ok(VariantFragment {
                             name: name.as_str().into(),
                             native: native.into_boxed_slice(),
                             ofrep: ofrep.into_boxed_slice(),
+                            pb: pb.into_boxed_slice(),
                         })
                     })
                     .collect::<serde_json::Result<_>>()?;
                 // Reason, cell tail and error code (OFREP: and the metadata).
                 capacity += longest + 160;
                 ofrep_capacity += longest_ofrep + 200;
+                // Entry and value headers, reason, cell and error code.
+                pb_capacity += longest_pb + 160;
                 Ok(FlagFragments {
                     key: f.key.as_str().into(),
+                    pb_key: pb_key.into_boxed_slice(),
                     variants,
                 })
             })
@@ -103,6 +117,7 @@ impl RenderCache {
             flags,
             capacity,
             ofrep_capacity,
+            pb_capacity,
         })
     }
 
@@ -116,14 +131,31 @@ impl RenderCache {
         self.ofrep_capacity
     }
 
+    /// A buffer size that fits a protobuf `AllocateResponse` with every flag at its longest
+    /// variant, allocations, holdouts and stamp aside.
+    pub fn pb_capacity(&self) -> usize {
+        self.pb_capacity
+    }
+
     /// The fragments of `r`, if `r` is a flag of this config (at its config position, which
     /// the engine reports) and one of its variants.
     fn variant(&self, r: &Resolution<'_>) -> Option<&VariantFragment> {
+        self.flag_variant(r).map(|(_, v)| v)
+    }
+
+    fn flag_variant(&self, r: &Resolution<'_>) -> Option<(&FlagFragments, &VariantFragment)> {
         let flag = self
             .flags
             .get(r.index as usize)
             .filter(|f| *f.key == *r.key)?;
-        flag.variants.iter().find(|v| *v.name == *r.variant)
+        let variant = flag.variants.iter().find(|v| *v.name == *r.variant)?;
+        Some((flag, variant))
+    }
+
+    /// The protobuf fragments of `r`, if it is a flag and variant of this config: the map
+    /// entry's key field and the `FlagResolution`'s `value` and `variant` fields.
+    pub fn pb_fragments(&self, r: &Resolution<'_>) -> Option<(&[u8], &[u8])> {
+        self.flag_variant(r).map(|(f, v)| (&*f.pb_key, &*v.pb))
     }
 
     /// The native prefix of `r` (see [`RenderCache::variant`]).
@@ -276,7 +308,7 @@ pub(crate) fn push_u64(out: &mut Vec<u8>, mut n: u64) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use allot::{Config, Context};
@@ -288,7 +320,7 @@ mod tests {
 
     /// Flags whose values need escaping, of every JSON kind, with rules, a rollout on a second
     /// unit (an error without it), a holdout and experiments in two layers.
-    const ODD: &str = r#"
+    pub(crate) const ODD: &str = r#"
 layers: [{id: a}, {id: b, unit: device_id}]
 holdouts: [{id: h-1, salt: h, ranges: ["0..2000"], layers: [a]}]
 experiments:
