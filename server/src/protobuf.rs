@@ -312,38 +312,12 @@ pub(crate) fn variant_prefix(variant: &str, value: &Value) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use allot::Config;
     use prost_types::{ListValue, Struct};
-    use serde_json::json;
 
     use super::*;
-    use crate::service::{Limits, Service};
+    use crate::render::tests::{context, service};
     use crate::state::ConfigStore;
-
-    fn service(config: &Config) -> Service {
-        let store = Arc::new(ConfigStore::new());
-        store.apply(config, None, None).unwrap();
-        Service::new(store, Limits::default())
-    }
-
-    fn context(i: usize) -> Context {
-        let countries = ["SE", "US", "CA", "NO", "DE"];
-        let platforms = ["ios", "android", "web", "tv"];
-        let mut ctx = Context::new()
-            .with("country", countries[i % countries.len()])
-            .with("platform", platforms[i % platforms.len()])
-            .with("app_version", format!("{}.{}.0", 4 + i % 3, i % 7))
-            .with("tenure_months", json!(i % 40));
-        if i % 11 != 3 {
-            ctx = ctx.with("targetingKey", format!("member-\"{i}\u{e9}"));
-        }
-        if i % 7 != 2 {
-            ctx = ctx.with("device_id", format!("device-{i}"));
-        }
-        ctx
-    }
 
     /// `encode_allocate` (with the cache, and without: the prost fallback per flag) against
     /// the reference message of `grpc::allocate_response`; returns every decoded answer.
@@ -504,39 +478,15 @@ mod tests {
         let no_key = [vec![key(2, LEN), 4], string(b"SE")].concat();
         let empty_value = entry(b"k", &[]);
         let big_null = entry(b"k", &[key(1, VARINT), 0xff, 0xff, 0xff, 0xff, 0x0f]);
-        let ten_byte_bool = entry(
-            b"k",
-            &[
-                key(4, VARINT),
-                0x80,
-                0x80,
-                0x80,
-                0x80,
-                0x80,
-                0x80,
-                0x80,
-                0x80,
-                0x80,
-                0x01,
-            ],
-        );
-        let eleven_byte_bool = entry(
-            b"k",
-            &[
-                key(4, VARINT),
-                0x80,
-                0x80,
-                0x80,
-                0x80,
-                0x80,
-                0x80,
-                0x80,
-                0x80,
-                0x80,
-                0x80,
-                0x01,
-            ],
-        );
+        // A bool as a varint of `n` bytes: `n - 1` continuation bytes, then 1.
+        let long_bool = |n: usize| {
+            let mut value = vec![key(4, VARINT)];
+            value.extend(std::iter::repeat_n(0x80, n - 1));
+            value.push(0x01);
+            entry(b"k", &value)
+        };
+        let ten_byte_bool = long_bool(10);
+        let eleven_byte_bool = long_bool(11);
         let bad_utf8_value = entry(b"k", &string(&[0xc3, 0x28]));
         let bad_utf8_key = entry(&[0xff], &string(b"x"));
         let mut out = vec![

@@ -354,13 +354,14 @@ flags:
     default: v
 "#;
 
-    fn service(config: &Config) -> Service {
+    pub(crate) fn service(config: &Config) -> Service {
         let store = Arc::new(ConfigStore::new());
         store.apply(config, None, None).unwrap();
         Service::new(store, Limits::default())
     }
 
-    fn context(i: usize) -> Context {
+    /// Context `i` of the parity tests: every attribute `ODD`'s rules read, some without a unit.
+    pub(crate) fn context(i: usize) -> Context {
         let countries = ["SE", "US", "CA", "NO", "DE"];
         let platforms = ["ios", "android", "web", "tv"];
         let mut ctx = Context::new()
