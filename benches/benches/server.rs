@@ -194,6 +194,37 @@ fn grpc_frame(msg: &[u8]) -> Bytes {
 }
 
 /// A unary `allot.v1.Allocator/Allocate` HTTP/2 request as tonic's server sees it.
+/// One unary gRPC call per iteration through `svc` (the next of `frames`), its answer read to
+/// the trailers.
+fn unary_calls<S>(
+    b: &mut criterion::Bencher<'_>,
+    rt: &tokio::runtime::Runtime,
+    frames: &[Bytes],
+    svc: &S,
+) where
+    S: tower::Service<
+            axum::http::Request<Full<Bytes>>,
+            Response = axum::http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone,
+{
+    let mut i = 0usize;
+    b.to_async(rt).iter_batched(
+        || {
+            i = i.wrapping_add(1);
+            grpc_request(&frames[i & MASK])
+        },
+        |req| {
+            let svc = svc.clone();
+            async move {
+                let res = svc.oneshot(black_box(req)).await.expect("infallible");
+                res.into_body().collect().await.expect("in-memory body")
+            }
+        },
+        BatchSize::SmallInput,
+    );
+}
+
 fn grpc_request(framed: &Bytes) -> axum::http::Request<Full<Bytes>> {
     axum::http::Request::builder()
         .method("POST")
@@ -410,21 +441,7 @@ fn benches(c: &mut Criterion) {
     });
     let frames: Vec<Bytes> = messages.iter().map(|m| grpc_frame(m)).collect();
     g.bench_function("grpc_allocate_demo_tonic", |b| {
-        let mut i = 0usize;
-        b.to_async(&rt).iter_batched(
-            || {
-                i = i.wrapping_add(1);
-                grpc_request(&frames[i & MASK])
-            },
-            |req| {
-                let svc = tonic_svc.clone();
-                async move {
-                    let res = svc.oneshot(black_box(req)).await.expect("infallible");
-                    res.into_body().collect().await.expect("in-memory body")
-                }
-            },
-            BatchSize::SmallInput,
-        );
+        unary_calls(b, &rt, &frames, &tonic_svc);
     });
 
     // The service alone: no transport, the view serialized as the HTTP handler does.
@@ -460,21 +477,7 @@ fn benches(c: &mut Criterion) {
     // built per call), as the gRPC port served it before `grpc::allocator_routes`: the gap to
     // `server/grpc_allocate_demo_tonic` is what the codec and the dispatch save.
     g.bench_function("grpc_allocate_demo_generated", |b| {
-        let mut i = 0usize;
-        b.to_async(&rt).iter_batched(
-            || {
-                i = i.wrapping_add(1);
-                grpc_request(&frames[i & MASK])
-            },
-            |req| {
-                let svc = generated_svc.clone();
-                async move {
-                    let res = svc.oneshot(black_box(req)).await.expect("infallible");
-                    res.into_body().collect().await.expect("in-memory body")
-                }
-            },
-            BatchSize::SmallInput,
-        );
+        unary_calls(b, &rt, &frames, &generated_svc);
     });
     // JSON decode of the body into a `Context` alone (what the handler does before allocating).
     g.bench_function("json_decode_context", |b| {
