@@ -452,6 +452,7 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
     for flag in flags.iter_mut() {
         if let Some(li) = flag.layer {
             flag.slot = flag_layers.binary_search(&li).unwrap_or_default() as u32;
+            flag.driver = layers.get(li as usize).cloned();
         }
     }
 
@@ -696,6 +697,7 @@ impl Cx<'_> {
             default,
             enabled: f.enabled,
             layer: None,
+            driver: None,
             slot: 0,
             rules: rules.into(),
         };

@@ -71,7 +71,7 @@ pub struct Snapshot {
     pub(crate) targeting_unit: Option<u32>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Layer {
     pub(crate) id: Box<str>,
     pub(crate) seed: u64,
@@ -157,6 +157,9 @@ pub(crate) struct Flag {
     pub(crate) default: u32,
     pub(crate) enabled: bool,
     pub(crate) layer: Option<u32>,
+    /// A copy of `layers[layer]`, so `resolve` reads the layer's seed and slot table from the
+    /// flag itself: one dependent load fewer before the unit's first hash.
+    pub(crate) driver: Option<Layer>,
     /// The position of `layer` in `Snapshot::flag_layers` (0 without a layer), so
     /// `resolve_all` finds the layer's evaluation without a search.
     pub(crate) slot: u32,
@@ -486,7 +489,7 @@ impl Snapshot {
         }
         let mut hit = None;
         if let Some(li) = flag.layer
-            && let Some(layer) = self.layers.get(li as usize)
+            && let Some(layer) = &flag.driver
             && let Ok(unit) = self.unit_of(layer.unit, ctx)
         {
             let held = layer.holdouts.iter().any(|&h| {
