@@ -442,17 +442,17 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
         layer.holdouts = c.into();
     }
 
-    let mut flag_layers: Vec<u32> = Vec::new();
-    for (flag, driver) in flags.iter_mut().zip(flag_layer) {
-        flag.layer = driver.map(|(li, _)| li);
-        flag_layers.extend(flag.layer);
-    }
+    let flag_layer: Vec<Option<u32>> = flag_layer
+        .into_iter()
+        .map(|driver| driver.map(|(li, _)| li))
+        .collect();
+    let mut flag_layers: Vec<u32> = flag_layer.iter().flatten().copied().collect();
     flag_layers.sort_unstable();
     flag_layers.dedup();
-    for flag in flags.iter_mut() {
-        if let Some(li) = flag.layer {
+    for (flag, li) in flags.iter_mut().zip(flag_layer) {
+        if let Some(li) = li {
             flag.slot = flag_layers.binary_search(&li).unwrap_or_default() as u32;
-            flag.driver = layers.get(li as usize).cloned();
+            flag.layer = layers.get(li as usize).map(|layer| (li, layer.clone()));
         }
     }
 
@@ -697,7 +697,6 @@ impl Cx<'_> {
             default,
             enabled: f.enabled,
             layer: None,
-            driver: None,
             slot: 0,
             rules: rules.into(),
         };

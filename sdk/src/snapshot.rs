@@ -156,10 +156,10 @@ pub(crate) struct Flag {
     pub(crate) variants: Box<[(Box<str>, Value)]>,
     pub(crate) default: u32,
     pub(crate) enabled: bool,
-    pub(crate) layer: Option<u32>,
-    /// A copy of `layers[layer]`, so `resolve` reads the layer's seed and slot table from the
-    /// flag itself: one dependent load fewer before the unit's first hash.
-    pub(crate) driver: Option<Layer>,
+    /// The layer whose experiments set this flag: its index in `Snapshot::layers` and a copy of
+    /// its entry, so `resolve` reads the layer's seed and slot table from the flag itself (one
+    /// dependent load fewer before the unit's first hash).
+    pub(crate) layer: Option<(u32, Layer)>,
     /// The position of `layer` in `Snapshot::flag_layers` (0 without a layer), so
     /// `resolve_all` finds the layer's evaluation without a search.
     pub(crate) slot: u32,
@@ -488,8 +488,7 @@ impl Snapshot {
             return flag.default_raw(Reason::Disabled);
         }
         let mut hit = None;
-        if let Some(li) = flag.layer
-            && let Some(layer) = &flag.driver
+        if let Some((li, layer)) = &flag.layer
             && let Ok(unit) = self.unit_of(layer.unit, ctx)
         {
             let held = layer.holdouts.iter().any(|&h| {
@@ -500,7 +499,7 @@ impl Snapshot {
             if held {
                 return flag.default_raw(Reason::Default);
             }
-            hit = self.assign(li, layer, unit, ctx);
+            hit = self.assign(*li, layer, unit, ctx);
         }
         self.finish(flag, hit, ctx, |u| self.unit_of(u, ctx))
     }
