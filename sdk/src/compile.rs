@@ -17,8 +17,8 @@ use crate::config::{Config, DEFAULT_BUCKETS, FlagConfig, FlagType, RuleConfig};
 use crate::error::{ConfigError, ConfigErrors, ErrorKind, json_type};
 use crate::id::{is_valid_flag_key, is_valid_id};
 use crate::snapshot::{
-    Action, Cell, DEFAULT_UNIT, Experiment, Flag, Holdout, Layer, Owner, Rule, Snapshot,
-    UNCONDITIONAL, key_hash,
+    Action, Cell, DEFAULT_UNIT, Direct, Experiment, Flag, Holdout, Layer, NO_VARIANT, Owner, Rule,
+    Snapshot, UNCONDITIONAL, key_hash,
 };
 
 /// Id tables of one compile (duplicate checks, references by id): a fixed-seed hasher, as ids
@@ -453,6 +453,7 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
         if let Some(li) = li {
             flag.slot = flag_layers.binary_search(&li).unwrap_or_default() as u32;
             flag.layer = layers.get(li as usize).map(|layer| (li, layer.clone()));
+            flag.direct = direct(flag, &layers, li, &bounds, &owners, &cells);
         }
     }
 
@@ -698,10 +699,55 @@ impl Cx<'_> {
             enabled: f.enabled,
             layer: None,
             slot: 0,
+            direct: None,
             rules: rules.into(),
         };
         (flag, names)
     }
+}
+
+/// The [`Direct`] plan of `flag` in layer `li`: when exactly one of the layer's owned ranges
+/// belongs to an experiment with a cell that sets the flag.
+fn direct(
+    flag: &Flag,
+    layers: &[Layer],
+    li: u32,
+    bounds: &[(u32, u32)],
+    owners: &[Owner],
+    cells: &[Cell],
+) -> Option<Direct> {
+    let layer = layers.get(li as usize)?;
+    let range = layer.first as usize..(layer.first + layer.len) as usize;
+    let cells_of = |o: &Owner| {
+        let first = o.first_cell as usize;
+        cells
+            .get(first..first + o.cell_count as usize)
+            .unwrap_or_default()
+    };
+    let mut setting = owners
+        .get(range.clone())?
+        .iter()
+        .zip(range)
+        .filter(|(o, _)| {
+            cells_of(o)
+                .iter()
+                .any(|c| c.variant_of(flag.index).is_some())
+        });
+    let (owner, index) = setting.next()?;
+    if setting.next().is_some() {
+        return None;
+    }
+    let &(_, end) = bounds.get(index)?;
+    let mut variants = [NO_VARIANT; 2];
+    for (v, cell) in variants.iter_mut().zip(cells_of(owner)) {
+        *v = cell.variant_of(flag.index).unwrap_or(NO_VARIANT);
+    }
+    Some(Direct {
+        owner: owner.clone(),
+        index: index as u32,
+        end,
+        variants,
+    })
 }
 
 /// The value as the flag type stores it, or `None` if it does not fit. Float flags store
@@ -718,5 +764,89 @@ fn typed(kind: FlagType, v: &Value) -> Option<Value> {
             n.as_f64().and_then(Number::from_f64).map(Value::Number)
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Layer `home` with the given experiments (`(ranges, cells' flags)` each) and flag `f`.
+    fn snapshot(experiments: &[(&[&str], &[Value])]) -> Snapshot {
+        let exps: Vec<Value> = experiments
+            .iter()
+            .enumerate()
+            .map(|(i, (ranges, cells))| {
+                let cells: Vec<Value> = cells
+                    .iter()
+                    .enumerate()
+                    .map(|(k, flags)| serde_json::json!({ "id": format!("c{k}"), "flags": flags }))
+                    .collect();
+                serde_json::json!({ "id": format!("e{i}"), "layer": "home",
+                                    "ranges": ranges, "cells": cells })
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "layers": [{ "id": "home" }],
+            "experiments": exps,
+            "flags": [
+                { "key": "f", "type": "bool", "variants": { "on": true, "off": false }, "default": "off" },
+                { "key": "g", "type": "bool", "variants": { "on": true, "off": false }, "default": "off" },
+            ],
+        });
+        compile(&serde_json::from_value(doc).unwrap(), 1).unwrap()
+    }
+
+    fn direct_of(snap: &Snapshot) -> Option<&Direct> {
+        snap.flags.first().unwrap().direct.as_ref()
+    }
+
+    /// The names of a plan's first two cells' variants of `f` ("" for none).
+    fn variants(snap: &Snapshot, d: &Direct) -> [String; 2] {
+        let flag = snap.flags.first().unwrap();
+        d.variants.map(|v| {
+            flag.variants
+                .get(v as usize)
+                .map_or(String::new(), |(name, _)| name.to_string())
+        })
+    }
+
+    #[test]
+    fn a_flag_set_by_one_range_gets_a_direct_plan() {
+        let on = serde_json::json!({ "f": "on" });
+        let off = serde_json::json!({ "f": "off" });
+        let other = serde_json::json!({ "g": "on" });
+        let none = serde_json::json!({});
+
+        let snap = snapshot(&[(&["0..10000"], &[off.clone(), on.clone()])]);
+        let d = direct_of(&snap).expect("one experiment, one range");
+        assert_eq!((d.owner.start, d.end, d.index), (0, 10_000, 0));
+        assert_eq!(variants(&snap, d), ["off", "on"]);
+
+        // Another experiment in the layer that sets another flag; a cell leaving `f` unset.
+        let snap = snapshot(&[
+            (&["0..5000"], std::slice::from_ref(&other)),
+            (&["6000..7000"], &[none.clone(), on.clone(), off.clone()]),
+        ]);
+        let d = direct_of(&snap).expect("only e1 sets f");
+        assert_eq!((d.owner.start, d.end, d.index), (6000, 7000, 1));
+        assert_eq!(d.variants[0], NO_VARIANT);
+        assert_eq!(variants(&snap, d), ["", "on"]);
+
+        // Two ranges, or two experiments, set `f`: the general path.
+        assert!(
+            direct_of(&snapshot(&[(
+                &["0..10", "20..30"],
+                std::slice::from_ref(&on)
+            )]))
+            .is_none()
+        );
+        assert!(
+            direct_of(&snapshot(&[
+                (&["0..10"], std::slice::from_ref(&on)),
+                (&["20..30"], &[off])
+            ]))
+            .is_none()
+        );
     }
 }

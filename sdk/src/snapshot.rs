@@ -163,8 +163,35 @@ pub(crate) struct Flag {
     /// The position of `layer` in `Snapshot::flag_layers` (0 without a layer), so
     /// `resolve_all` finds the layer's evaluation without a search.
     pub(crate) slot: u32,
+    /// Set when one owned range of the layer is all that can set this flag (see [`Direct`]).
+    pub(crate) direct: Option<Direct>,
     pub(crate) rules: Box<[Rule]>,
 }
+
+/// The plan of a flag that one owned range alone can set: the usual shape, a flag driven by
+/// one experiment with one range. `resolve` then knows the experiment's cell seed before it
+/// knows the unit's bucket, so it hashes the unit for the layer and for the cells at once
+/// (two independent hashes instead of one waiting on the other through the slot table and the
+/// owner line), and reads the variant from here instead of from the cell.
+///
+/// Same answer as the general path: ranges in a layer are disjoint, so a bucket inside this
+/// range is this owner's, and a bucket outside it belongs to an owner that does not set the
+/// flag (no hit).
+#[derive(Debug, Clone)]
+pub(crate) struct Direct {
+    /// A copy of the range's owner line (seed, weights, condition, first cells).
+    pub(crate) owner: Owner,
+    /// The range's index into `bounds`/`owners`, for the hit.
+    pub(crate) index: u32,
+    /// The range's exclusive end (its start is `owner.start`).
+    pub(crate) end: u32,
+    /// The flag's variant in the experiment's first two cells, or [`NO_VARIANT`] where the
+    /// cell leaves the flag unset.
+    pub(crate) variants: [u32; 2],
+}
+
+/// `Direct::variants` of a cell that does not set the flag.
+pub(crate) const NO_VARIANT: u32 = u32::MAX;
 
 #[derive(Debug)]
 pub(crate) struct Rule {
@@ -499,9 +526,56 @@ impl Snapshot {
             if held {
                 return flag.default_raw(Reason::Default);
             }
-            hit = self.assign(*li, layer, unit, ctx);
+            match &flag.direct {
+                Some(direct) => {
+                    if let Some(raw) = self.direct(flag, direct, *li, layer, unit, ctx) {
+                        return raw;
+                    }
+                }
+                None => hit = self.assign(*li, layer, unit, ctx),
+            }
         }
         self.finish(flag, hit, ctx, |u| self.unit_of(u, ctx))
+    }
+
+    /// The flag's variant from its one setting range (see [`Direct`]), or `None` when the
+    /// unit is outside it, not eligible, or in a cell that leaves the flag unset.
+    #[inline(always)]
+    fn direct(
+        &self,
+        flag: &Flag,
+        d: &Direct,
+        li: u32,
+        layer: &Layer,
+        unit: &str,
+        ctx: &Context,
+    ) -> Option<Raw> {
+        let owner = &d.owner;
+        // Independent of each other: the CPU runs both hashes at once.
+        let bucket = scale(hash(layer.seed, unit), u64::from(layer.buckets)) as u32;
+        let p = scale(hash(owner.seed, unit), owner.total);
+        if bucket < owner.start || bucket >= d.end {
+            return None;
+        }
+        if owner.condition != UNCONDITIONAL && !self.eligible(owner, ctx, &mut Seen::default()) {
+            return None;
+        }
+        let k = owner.cell(p, &self.cells)?;
+        let variant = match d.variants.get(k as usize) {
+            Some(&v) => (v != NO_VARIANT).then_some(v)?,
+            None => self
+                .cells
+                .get((owner.first_cell + k) as usize)?
+                .variant_of(flag.index)?,
+        };
+        let mut r = flag.raw(variant, Reason::Split);
+        r.hit = Some(Hit {
+            layer: li,
+            owner: d.index,
+            cell: owner.first_cell + k,
+            bucket,
+        });
+        Some(r)
     }
 
     /// Every flag's value for the context, in config order.
@@ -817,7 +891,7 @@ impl Owner {
 
 impl Cell {
     #[inline(always)]
-    fn variant_of(&self, flag: u32) -> Option<u32> {
+    pub(crate) fn variant_of(&self, flag: u32) -> Option<u32> {
         self.flags.iter().find(|(f, _)| *f == flag).map(|&(_, v)| v)
     }
 }

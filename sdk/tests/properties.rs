@@ -112,6 +112,12 @@ fn layer_spec() -> impl Strategy<Value = LayerSpec> {
 /// The config document of `layers`: layer `l{i}`, experiments `l{i}e{j}` with cells `c{k}`
 /// selecting variant `e{j}c{k}` of flag `f{i}` (default `none`).
 fn config(layers: &[LayerSpec]) -> Value {
+    config_with(layers, |_, _, _| true)
+}
+
+/// [`config`], where cell `k` of experiment `j` in layer `i` sets flag `f{i}` only if
+/// `sets(i, j, k)`.
+fn config_with(layers: &[LayerSpec], sets: impl Fn(usize, usize, usize) -> bool) -> Value {
     let mut ls = Vec::new();
     let mut exps = Vec::new();
     let mut flags = Vec::new();
@@ -132,7 +138,12 @@ fn config(layers: &[LayerSpec]) -> Value {
                 .map(|(k, w)| {
                     let v = format!("e{j}c{k}");
                     variants.insert(v.clone(), json!(format!("l{i}{v}")));
-                    json!({"id": format!("c{k}"), "weight": w, "flags": {format!("f{i}"): v}})
+                    let flags = if sets(i, j, k) {
+                        json!({format!("f{i}"): v})
+                    } else {
+                        json!({})
+                    };
+                    json!({"id": format!("c{k}"), "weight": w, "flags": flags})
                 })
                 .collect();
             let mut exp = json!({
@@ -298,6 +309,72 @@ proptest! {
                     }
                     None => {
                         prop_assert_eq!(r.reason, Reason::Default);
+                        prop_assert_eq!(r.variant, "none");
+                        prop_assert!(r.assignment.is_none());
+                    }
+                }
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// A flag that one owned range alone sets (the shape `resolve` hashes for directly): the
+    /// unit's cell's variant when the unit is in that range, eligible, and its cell sets the
+    /// flag; the default otherwise. Other experiments share the layer without setting the flag,
+    /// and some of the experiment's cells leave it unset.
+    #[test]
+    fn flag_set_by_one_range_resolves_like_allocation(
+        layers in prop::collection::vec(layer_spec(), 1..4),
+        masks in prop::collection::vec(any::<u8>(), 3),
+        units in prop::collection::vec(unit(), 1..30),
+    ) {
+        // Experiment 0 keeps its first segment only, and only it sets the flag.
+        let layers: Vec<LayerSpec> = layers
+            .into_iter()
+            .map(|mut l| {
+                let mut first = true;
+                for s in l.segments.iter_mut().filter(|s| s.2 == Some(0)) {
+                    if !first {
+                        s.2 = None;
+                    }
+                    first = false;
+                }
+                l
+            })
+            .collect();
+        let sets = |i: usize, j: usize, k: usize| j == 0 && (masks[i] >> k) & 1 == 1;
+        let snap = compile(&serde_json::from_value(config_with(&layers, sets)).unwrap(), 1)
+            .unwrap_or_else(|e| panic!("{e}"));
+        for unit in &units {
+            let ctx = context(unit);
+            let all = snap.resolve_all(&ctx);
+            let expected = expected(&layers, unit);
+            for (i, r) in all.iter().enumerate() {
+                prop_assert_eq!(&snap.resolve(r.key, &ctx).unwrap(), r);
+                let layer = format!("l{i}");
+                let cells = layers[i].experiments[0].1.len();
+                let decided = expected.iter().find(|a| {
+                    a.0 == layer && a.1 == format!("l{i}e0") && sets(i, 0, a.2[1..].parse().unwrap())
+                });
+                match decided {
+                    Some((_, experiment, cell, bucket)) => {
+                        prop_assert_eq!(r.reason, Reason::Split);
+                        let variant = format!("e0{cell}");
+                        prop_assert_eq!(r.variant, variant.as_str());
+                        let a = r.assignment.unwrap();
+                        prop_assert_eq!(
+                            (a.layer, a.experiment, a.cell, a.bucket),
+                            (layer.as_str(), experiment.as_str(), cell.as_str(), *bucket)
+                        );
+                    }
+                    None => {
+                        // A flag no cell sets has no experiment behind it: it is static.
+                        let driven = (0..cells).any(|k| sets(i, 0, k));
+                        let reason = if driven { Reason::Default } else { Reason::Static };
+                        prop_assert_eq!(r.reason, reason);
                         prop_assert_eq!(r.variant, "none");
                         prop_assert!(r.assignment.is_none());
                     }
