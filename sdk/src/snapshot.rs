@@ -12,7 +12,7 @@ use hashbrown::HashTable;
 use serde_json::Value;
 use smallvec::SmallVec;
 
-use crate::bucket::{hash, scale};
+use crate::bucket::{Prepared, hash, scale};
 use crate::condition::Condition;
 use crate::config::{Config, FlagType};
 use crate::context::{Context, TARGETING_KEY, UnitError, short_eq};
@@ -373,25 +373,70 @@ impl Snapshot {
                 out.holdouts.push(&h.id);
             }
         }
+        // A unit is hashed with every layer's seed and its owner's: its bytes are read once
+        // (`Prepared`). With one unit key (the usual config) every layer hashes the same unit,
+        // and the common unit lengths get a layer loop of their own, without a per-hash
+        // dispatch on the length.
+        if let [Ok(unit)] = units.as_slice() {
+            match Prepared::new(unit.as_bytes()) {
+                Prepared::Mid(m) if m.rounds() == 2 => {
+                    return self
+                        .allocate_layers(ctx, &held, out, |_, seed| Some(m.hash::<2>(seed)));
+                }
+                Prepared::Mid(m) if m.rounds() == 1 => {
+                    return self
+                        .allocate_layers(ctx, &held, out, |_, seed| Some(m.hash::<1>(seed)));
+                }
+                _ => {}
+            }
+        }
+        let prepared: SmallVec<[Option<Prepared<'_>>; 4]> = units
+            .iter()
+            .map(|u| u.ok().map(|u| Prepared::new(u.as_bytes())))
+            .collect();
+        self.allocate_layers(ctx, &held, out, |unit, seed| {
+            prepared
+                .get(unit as usize)
+                .and_then(|p| p.as_ref())
+                .map(|p| p.hash(seed))
+        });
+    }
+
+    /// The layer loop of `allocate_into`: `hash(unit, seed)` hashes the value of unit key `unit`
+    /// under `seed` (`None` if the context has none), `held` lists the holdouts the unit is in.
+    #[inline(always)]
+    fn allocate_layers<'s>(
+        &'s self,
+        ctx: &Context,
+        held: &[u32],
+        out: &mut Allocation<'s>,
+        hash: impl Fn(u32, u64) -> Option<u64>,
+    ) {
         // Layers go in batches: first every layer's bucket, owning range and owner, then the
         // owners' cells. The lookups of different layers do not depend on each other, so their
         // cache misses overlap instead of queueing one behind the other.
         let mut seen = Seen::default();
         for chunk in self.layers.chunks(BATCH) {
-            let mut located: [Option<(&Owner, u32, &str)>; BATCH] = [None; BATCH];
+            let mut located: [Option<(&Owner, u32)>; BATCH] = [None; BATCH];
             for (slot, layer) in located.iter_mut().zip(chunk) {
                 if !held.is_empty() && layer.holdouts.iter().any(|h| held.contains(h)) {
                     continue;
                 }
-                if let Some(&Ok(unit)) = units.get(layer.unit as usize) {
+                if let Some(h) = hash(layer.unit, layer.seed) {
                     *slot = self
-                        .locate(layer, unit)
-                        .map(|(_, owner, bucket)| (owner, bucket, unit));
+                        .locate(layer, h)
+                        .map(|(_, owner, bucket)| (owner, bucket));
                 }
             }
             for (slot, layer) in located.iter().zip(chunk) {
-                if let Some((owner, bucket, unit)) = *slot
-                    && let Some(k) = self.pick(owner, unit, ctx, &mut seen)
+                // A located layer has its unit, so the cell hash is never the `unwrap_or`.
+                if let Some((owner, bucket)) = *slot
+                    && let Some(k) = self.pick(
+                        owner,
+                        |seed| hash(layer.unit, seed).unwrap_or(0),
+                        ctx,
+                        &mut seen,
+                    )
                 {
                     out.assignments.push(Assignment {
                         layer: &layer.id,
@@ -612,8 +657,8 @@ impl Snapshot {
     /// The unit's experiment and cell in one layer, holdouts aside.
     #[inline(always)]
     fn assign(&self, li: u32, layer: &Layer, unit: &str, ctx: &Context) -> Option<Hit> {
-        let (idx, owner, bucket) = self.locate(layer, unit)?;
-        let k = self.pick(owner, unit, ctx, &mut Seen::default())?;
+        let (idx, owner, bucket) = self.locate(layer, hash(layer.seed, unit))?;
+        let k = self.pick(owner, |seed| hash(seed, unit), ctx, &mut Seen::default())?;
         Some(Hit {
             layer: li,
             owner: idx,
@@ -622,11 +667,10 @@ impl Snapshot {
         })
     }
 
-    /// The range owning the unit's bucket in the layer, if any: its index into `bounds`/`owners`,
-    /// its owner, and the bucket.
+    /// The range owning the bucket of layer hash `h` (the unit's, under the layer's seed), if
+    /// any: its index into `bounds`/`owners`, its owner, and the bucket.
     #[inline(always)]
-    fn locate(&self, layer: &Layer, unit: &str) -> Option<(u32, &Owner, u32)> {
-        let h = hash(layer.seed, unit);
+    fn locate(&self, layer: &Layer, h: u64) -> Option<(u32, &Owner, u32)> {
         let bucket = scale(h, u64::from(layer.buckets)) as u32;
         // The hash's top bits pick a slot, which bounds where the owning range can be.
         let slot = layer.slots as usize + h.checked_shr(layer.shift).unwrap_or(0) as usize;
@@ -652,13 +696,20 @@ impl Snapshot {
         (owner.start <= bucket).then_some((idx, owner, bucket))
     }
 
-    /// Eligibility and the position of the unit's cell among `owner`'s experiment's cells.
+    /// Eligibility and the position of the unit's cell among `owner`'s experiment's cells;
+    /// `hash` hashes the unit under a seed.
     #[inline(always)]
-    fn pick(&self, owner: &Owner, unit: &str, ctx: &Context, seen: &mut Seen) -> Option<u32> {
+    fn pick(
+        &self,
+        owner: &Owner,
+        hash: impl Fn(u64) -> u64,
+        ctx: &Context,
+        seen: &mut Seen,
+    ) -> Option<u32> {
         if owner.condition != UNCONDITIONAL && !self.eligible(owner, ctx, seen) {
             return None;
         }
-        owner.cell(scale(hash(owner.seed, unit), owner.total), &self.cells)
+        owner.cell(scale(hash(owner.seed), owner.total), &self.cells)
     }
 
     /// Names a hit of `resolve`/`resolve_all`, whose `finish` has just read the hit's cell.
