@@ -20,41 +20,24 @@ pub fn hash(seed: u64, unit: &str) -> u64 {
     xxh3_64_with_seed(unit.as_bytes(), seed)
 }
 
-/// A unit prepared for hashing under many seeds: [`Prepared::hash`] is exactly
-/// `xxh3_64_with_seed(unit, seed)`, as [`hash`] computes it, with the unit's words and XXH3's length dispatch read once.
+/// A unit of 17 to 128 bytes prepared for hashing under many seeds: [`Prepared::hash`] is
+/// exactly `xxh3_64_with_seed(unit, seed)`, as [`hash`] computes it, with the unit's words and
+/// XXH3's length dispatch read once.
 ///
 /// `allocate` hashes one unit with every layer's seed and every owner's cell seed; only the seed
-/// changes. XXH3 keys short inputs by adding the seed to secret words, so everything that depends
-/// on the unit alone can be done here. Units up to 128 bytes (all but the longest a context
-/// allows) take the prepared path; longer ones call `xxh3_64_with_seed` as [`hash`] does. Names
-/// in comments are the XXH3 reference's (`xxhash.h`).
+/// changes. `ROUNDS` is the number of 32-byte rounds of `XXH3_len_17to128_64b` (1 for 17 to 32
+/// bytes, up to 4 for 97 to 128), fixed at compile time so a hash is straight-line code.
+/// Names in comments are the XXH3 reference's (`xxhash.h`).
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum Prepared<'u> {
-    /// 0 bytes (`XXH3_len_0to16_64b`'s empty branch): nothing to read.
-    Empty,
-    /// 1 to 3 bytes (`XXH3_len_1to3_64b`): the `combined` word.
-    Tiny(u64),
-    /// 4 to 8 bytes (`XXH3_len_4to8_64b`): `input64` and the length.
-    Small(u64, u64),
-    /// 9 to 16 bytes (`XXH3_len_9to16_64b`): the first and last 8 bytes, and the length.
-    Medium(u64, u64, u64),
-    /// 17 to 128 bytes (`XXH3_len_17to128_64b`).
-    Mid(Mid),
-    /// Longer: not prepared.
-    Long(&'u [u8]),
-}
-
-/// A 17- to 128-byte unit: `len * PRIME64_1`, the number of 32-byte rounds (1 to 4), and the
-/// 16-byte chunks in the order of the secret chunks they meet (`chunks[i]` with `SECRET[i]`).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Mid {
+pub(crate) struct Prepared<const ROUNDS: usize> {
+    /// `len * PRIME64_1`.
     acc: u64,
-    rounds: u8,
+    /// The 16-byte chunks in the order of the secret chunks they meet: `chunks[i]` is mixed
+    /// with `SECRET[i]`. Only the first `2 * ROUNDS` are used.
     chunks: [[u64; 2]; 8],
 }
 
-/// The first 128 bytes of `XXH3_kSecret` as little-endian 16-byte chunks (what
-/// `XXH3_len_17to128_64b` reads), and the words the shorter lengths combine.
+/// The first 128 bytes of `XXH3_kSecret` as little-endian 16-byte chunks.
 const SECRET: [[u64; 2]; 8] = [
     [0xbe4b_a423_396c_feb8, 0x1cad_21f7_2c81_017c],
     [0xdb97_9083_e96d_d4de, 0x1f67_b3b7_a4a4_4072],
@@ -65,164 +48,56 @@ const SECRET: [[u64; 2]; 8] = [
     [0x3f34_9ce3_3f76_faa8, 0x1d4f_0bc7_c7bb_dcf9],
     [0x3159_b4cd_4be0_518a, 0x6473_78d9_c97e_9fc8],
 ];
-/// `readLE32(secret) ^ readLE32(secret + 4)` (`XXH3_len_1to3_64b`).
-const SECRET_1TO3: u64 = 0x8727_5a9b;
-/// `readLE64(secret + 8) ^ readLE64(secret + 16)` (`XXH3_len_4to8_64b`).
-const SECRET_4TO8: u64 = 0xc73a_b174_c5ec_d5a2;
-/// `readLE64(secret + 24) ^ readLE64(secret + 32)` and `readLE64(secret + 40) ^
-/// readLE64(secret + 48)` (`XXH3_len_9to16_64b`).
-const SECRET_9TO16: [u64; 2] = [0x6782_737b_ea42_39b9, 0xaf56_bc3b_0996_523a];
-/// `readLE64(secret + 56) ^ readLE64(secret + 64)` (`XXH3_len_0to16_64b`, empty input).
-const SECRET_EMPTY: u64 = 0x8726_f910_5dc2_1ddc;
 
 const PRIME64_1: u64 = 0x9E37_79B1_85EB_CA87;
-const PRIME64_2: u64 = 0xC2B2_AE3D_27D4_EB4F;
-const PRIME64_3: u64 = 0x1656_67B1_9E37_79F9;
-const PRIME_MX2: u64 = 0x9FB2_1C65_1E98_DF25;
 
-impl<'u> Prepared<'u> {
-    /// Reads `unit` once for [`Prepared::hash`].
-    pub(crate) fn new(unit: &'u [u8]) -> Self {
-        let b = unit;
-        let len = b.len();
-        // `len` <= 128 below, so the widening is lossless.
-        let n = len as u64;
-        match len {
-            0 => Prepared::Empty,
-            1..=3 => {
-                let byte = |i: usize| u64::from(b.get(i).copied().unwrap_or(0));
-                // XXH3_len_1to3_64b: c1 << 16 | c2 << 24 | c3 | len << 8.
-                Prepared::Tiny(byte(0) << 16 | byte(len >> 1) << 24 | byte(len - 1) | n << 8)
-            }
-            4..=8 => {
-                // XXH3_len_4to8_64b: input_lo + (input_hi << 32).
-                let input1 = read32(b, 0);
-                let input2 = read32(b, len - 4);
-                Prepared::Small(input2.wrapping_add(input1 << 32), n)
-            }
-            9..=16 => Prepared::Medium(read64(b, 0), read64(b, len - 8), n),
-            17..=128 => {
-                // XXH3_len_17to128_64b: round r mixes input chunk r with secret chunk 2r and
-                // the chunk r from the end with secret chunk 2r + 1.
-                let rounds = len.div_ceil(32);
-                let mut chunks = [[0; 2]; 8];
-                for (r, pair) in chunks.chunks_exact_mut(2).take(rounds).enumerate() {
-                    let (from_start, from_end) = (16 * r, len - 16 * (r + 1));
-                    if let [a, z] = pair {
-                        *a = [read64(b, from_start), read64(b, from_start + 8)];
-                        *z = [read64(b, from_end), read64(b, from_end + 8)];
-                    }
-                }
-                Prepared::Mid(Mid {
-                    acc: n.wrapping_mul(PRIME64_1),
-                    rounds: rounds as u8,
-                    chunks,
-                })
-            }
-            _ => Prepared::Long(b),
+impl<const ROUNDS: usize> Prepared<ROUNDS> {
+    /// Reads `unit` once for [`Prepared::hash`]; `None` unless its length takes `ROUNDS` rounds
+    /// (`17 + 32 * (ROUNDS - 1)` to `32 * ROUNDS` bytes).
+    pub(crate) fn new(unit: &[u8]) -> Option<Self> {
+        let len = unit.len();
+        if !(17..=128).contains(&len) || len.div_ceil(32) != ROUNDS {
+            return None;
         }
+        // XXH3_len_17to128_64b: round r mixes input chunk r with secret chunk 2r, and the chunk
+        // r from the end with secret chunk 2r + 1.
+        let mut chunks = [[0; 2]; 8];
+        for (r, pair) in chunks.chunks_exact_mut(2).take(ROUNDS).enumerate() {
+            let (from_start, from_end) = (16 * r, len - 16 * (r + 1));
+            if let [a, z] = pair {
+                *a = [read64(unit, from_start), read64(unit, from_start + 8)];
+                *z = [read64(unit, from_end), read64(unit, from_end + 8)];
+            }
+        }
+        Some(Prepared {
+            // `len` <= 128, so the widening is lossless.
+            acc: (len as u64).wrapping_mul(PRIME64_1),
+            chunks,
+        })
     }
 
-    /// `xxh3_64_with_seed(unit, seed)`.
+    /// `xxh3_64_with_seed(unit, seed)`: XXH3_len_17to128_64b. The reference adds the rounds'
+    /// `XXH3_mix16B` from the last round to the first; wrapping addition does not care.
     #[inline(always)]
     pub(crate) fn hash(&self, seed: u64) -> u64 {
-        match self {
-            Prepared::Mid(m) => match m.rounds {
-                1 => m.hash::<1>(seed),
-                2 => m.hash::<2>(seed),
-                3 => m.hash::<3>(seed),
-                _ => m.hash::<4>(seed),
-            },
-            Prepared::Medium(lo, hi, len) => {
-                // XXH3_len_9to16_64b.
-                let lo = lo ^ SECRET_9TO16[0].wrapping_add(seed);
-                let hi = hi ^ SECRET_9TO16[1].wrapping_sub(seed);
-                let acc = len
-                    .wrapping_add(lo.swap_bytes())
-                    .wrapping_add(hi)
-                    .wrapping_add(mul128_fold64(lo, hi));
-                avalanche(acc)
-            }
-            Prepared::Small(input64, len) => {
-                // XXH3_len_4to8_64b.
-                let seed = seed ^ (u64::from((seed as u32).swap_bytes()) << 32);
-                rrmxmx(input64 ^ SECRET_4TO8.wrapping_sub(seed), *len)
-            }
-            Prepared::Tiny(combined) => {
-                // XXH3_len_1to3_64b.
-                xxh64_avalanche(combined ^ SECRET_1TO3.wrapping_add(seed))
-            }
-            Prepared::Empty => xxh64_avalanche(seed ^ SECRET_EMPTY),
-            Prepared::Long(b) => xxh3_64_with_seed(b, seed),
-        }
-    }
-}
-
-impl Mid {
-    /// The number of 32-byte rounds: 1 for 17 to 32 bytes, .., 4 for 97 to 128.
-    #[inline(always)]
-    pub(crate) fn rounds(&self) -> u8 {
-        self.rounds
-    }
-
-    /// XXH3_len_17to128_64b for a unit of `ROUNDS` 32-byte rounds. The reference adds the
-    /// rounds' `XXH3_mix16B` from the last to the first; wrapping addition does not care.
-    #[inline(always)]
-    pub(crate) fn hash<const ROUNDS: usize>(&self, seed: u64) -> u64 {
         let mut acc = self.acc;
         for (input, secret) in self.chunks.iter().zip(&SECRET).take(2 * ROUNDS) {
-            // XXH3_mix16B.
+            // XXH3_mix16B: XXH3_mul128_fold64 of the chunk's words keyed by the seeded secret.
             let lo = input[0] ^ secret[0].wrapping_add(seed);
             let hi = input[1] ^ secret[1].wrapping_sub(seed);
-            acc = acc.wrapping_add(mul128_fold64(lo, hi));
+            let product = u128::from(lo) * u128::from(hi);
+            acc = acc.wrapping_add((product as u64) ^ ((product >> 64) as u64));
         }
-        avalanche(acc)
+        // XXH3_avalanche.
+        let h = (acc ^ (acc >> 37)).wrapping_mul(0x1656_6791_9E37_79F9);
+        h ^ (h >> 32)
     }
-}
-
-fn read32(b: &[u8], at: usize) -> u64 {
-    b.get(at..at + 4)
-        .and_then(|w| w.try_into().ok())
-        .map_or(0, |w| u64::from(u32::from_le_bytes(w)))
 }
 
 fn read64(b: &[u8], at: usize) -> u64 {
     b.get(at..at + 8)
         .and_then(|w| w.try_into().ok())
         .map_or(0, u64::from_le_bytes)
-}
-
-/// XXH3_mul128_fold64.
-#[inline(always)]
-fn mul128_fold64(a: u64, b: u64) -> u64 {
-    let p = u128::from(a) * u128::from(b);
-    // The low and high halves, folded.
-    (p as u64) ^ ((p >> 64) as u64)
-}
-
-/// XXH3_avalanche.
-#[inline(always)]
-fn avalanche(h: u64) -> u64 {
-    let h = (h ^ (h >> 37)).wrapping_mul(0x1656_6791_9E37_79F9);
-    h ^ (h >> 32)
-}
-
-/// XXH64_avalanche.
-#[inline(always)]
-fn xxh64_avalanche(h: u64) -> u64 {
-    let h = (h ^ (h >> 33)).wrapping_mul(PRIME64_2);
-    let h = (h ^ (h >> 29)).wrapping_mul(PRIME64_3);
-    h ^ (h >> 32)
-}
-
-/// XXH3_rrmxmx.
-#[inline(always)]
-fn rrmxmx(h: u64, len: u64) -> u64 {
-    let h = h ^ h.rotate_left(49) ^ h.rotate_left(24);
-    let h = h.wrapping_mul(PRIME_MX2);
-    let h = h ^ ((h >> 35).wrapping_add(len));
-    let h = h.wrapping_mul(PRIME_MX2);
-    h ^ (h >> 28)
 }
 
 /// Maps a 64-bit hash uniformly onto `0..n` by multiply-shift: `(h * n) >> 64` in 128 bits.
@@ -267,8 +142,21 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// Every length a prepared unit distinguishes (and the unprepared ones past 128), with
-    /// bytes and seeds from a fixed xorshift stream, against xxhash-rust.
+    /// `Prepared::<R>::new(unit).map(|p| p.hash(seed))` for the `R` the unit's length takes.
+    fn prepared_hash(unit: &[u8], seed: u64) -> Option<u64> {
+        let hashes = [
+            Prepared::<1>::new(unit).map(|p| p.hash(seed)),
+            Prepared::<2>::new(unit).map(|p| p.hash(seed)),
+            Prepared::<3>::new(unit).map(|p| p.hash(seed)),
+            Prepared::<4>::new(unit).map(|p| p.hash(seed)),
+        ];
+        // At most one `ROUNDS` takes a unit.
+        assert!(hashes.iter().flatten().count() <= 1, "{unit:?}");
+        hashes.into_iter().flatten().next()
+    }
+
+    /// Every length from 0 to 300, with bytes and seeds from a fixed xorshift stream, against
+    /// xxhash-rust: prepared exactly for 17 to 128 bytes, and then bit-identical.
     #[test]
     fn prepared_hash_is_xxh3_for_every_length() {
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
@@ -281,13 +169,17 @@ mod tests {
         for len in 0..=300 {
             for _ in 0..20 {
                 let unit: Vec<u8> = (0..len).map(|_| next() as u8).collect();
-                let prepared = Prepared::new(&unit);
                 for seed in [0, 1, u64::MAX, 1 << 63, u64::from(u32::MAX), next(), next()] {
-                    assert_eq!(
-                        prepared.hash(seed),
-                        xxh3_64_with_seed(&unit, seed),
-                        "len {len} seed {seed:#x} unit {unit:?}"
-                    );
+                    let got = prepared_hash(&unit, seed);
+                    if (17..=128).contains(&len) {
+                        assert_eq!(
+                            got,
+                            Some(xxh3_64_with_seed(&unit, seed)),
+                            "len {len} seed {seed:#x} unit {unit:?}"
+                        );
+                    } else {
+                        assert_eq!(got, None, "len {len}");
+                    }
                 }
             }
         }
@@ -299,9 +191,12 @@ mod tests {
             unit in proptest::collection::vec(any::<u8>(), 0..=300),
             seeds in proptest::collection::vec(any::<u64>(), 1..8),
         ) {
-            let prepared = Prepared::new(&unit);
             for seed in seeds {
-                prop_assert_eq!(prepared.hash(seed), xxh3_64_with_seed(&unit, seed));
+                if let Some(got) = prepared_hash(&unit, seed) {
+                    prop_assert_eq!(got, xxh3_64_with_seed(&unit, seed));
+                } else {
+                    prop_assert!(!(17..=128).contains(&unit.len()));
+                }
             }
         }
     }

@@ -384,72 +384,55 @@ impl Snapshot {
                 out.holdouts.push(&h.id);
             }
         }
-        // A unit is hashed with every layer's seed and its owner's: its bytes are read once
-        // (`Prepared`). With one unit key (the usual config) every layer hashes the same unit,
-        // and the common unit lengths get a layer loop of their own, without a per-hash
-        // dispatch on the length.
+        // With one unit key (the usual config) every layer hashes the same unit: the common
+        // unit lengths (17 to 64 bytes: UUIDs, ULIDs, hex ids) are prepared once and get a
+        // layer loop of their own, without a per-hash dispatch on the length.
         if let [Ok(unit)] = units.as_slice() {
-            match Prepared::new(unit.as_bytes()) {
-                Prepared::Mid(m) if m.rounds() == 2 => {
-                    return self
-                        .allocate_layers(ctx, &held, out, |_, seed| Some(m.hash::<2>(seed)));
-                }
-                Prepared::Mid(m) if m.rounds() == 1 => {
-                    return self
-                        .allocate_layers(ctx, &held, out, |_, seed| Some(m.hash::<1>(seed)));
-                }
-                _ => {}
+            if let Some(unit) = Prepared::<2>::new(unit.as_bytes()) {
+                return self.allocate_layers(ctx, &held, out, OneUnit(unit));
+            }
+            if let Some(unit) = Prepared::<1>::new(unit.as_bytes()) {
+                return self.allocate_layers(ctx, &held, out, OneUnit(unit));
             }
         }
-        let prepared: SmallVec<[Option<Prepared<'_>>; 4]> = units
-            .iter()
-            .map(|u| u.ok().map(|u| Prepared::new(u.as_bytes())))
-            .collect();
-        self.allocate_layers(ctx, &held, out, |unit, seed| {
-            prepared
-                .get(unit as usize)
-                .and_then(|p| p.as_ref())
-                .map(|p| p.hash(seed))
-        });
+        self.allocate_layers(ctx, &held, out, &units);
     }
 
-    /// The layer loop of `allocate_into`: `hash(unit, seed)` hashes the value of unit key `unit`
-    /// under `seed` (`None` if the context has none), `held` lists the holdouts the unit is in.
+    /// The layer loop of `allocate_into`; `held` lists the holdouts the unit is in.
     #[inline(always)]
-    fn allocate_layers<'s>(
+    fn allocate_layers<'s, U: LayerUnits>(
         &'s self,
         ctx: &Context,
         held: &[u32],
         out: &mut Allocation<'s>,
-        hash: impl Fn(u32, u64) -> Option<u64>,
+        units: U,
     ) {
         // Layers go in batches: first every layer's bucket, owning range and owner, then the
         // owners' cells. The lookups of different layers do not depend on each other, so their
         // cache misses overlap instead of queueing one behind the other.
         let mut seen = Seen::default();
         for chunk in self.layers.chunks(BATCH) {
-            let mut located: [Option<(&Owner, u32)>; BATCH] = [None; BATCH];
+            let mut located: [Option<(&Owner, u32, U::Unit)>; BATCH] = [None; BATCH];
             for (slot, layer) in located.iter_mut().zip(chunk) {
                 if !held.is_empty() && layer.holdouts.iter().any(|h| held.contains(h)) {
                     continue;
                 }
-                if let Some(h) = hash(layer.unit, layer.seed) {
+                if let Some(unit) = units.unit(layer.unit) {
                     *slot = self
-                        .locate_flat(layer, h)
-                        .map(|(_, owner, bucket)| (owner, bucket));
+                        .locate_flat(layer, units.hash(unit, layer.seed))
+                        .map(|(_, owner, bucket)| (owner, bucket, unit));
                 }
             }
             for (slot, layer) in located.iter().zip(chunk) {
-                // Unconditional owners go through `eligible` too (bit 0 of `seen`), so the
+                // Unconditional owners go through `eligible` too (entry 0 of `seen`), so the
                 // only branch on eligibility is on the answer.
-                let Some((owner, bucket)) = *slot else {
+                let Some((owner, bucket, unit)) = *slot else {
                     continue;
                 };
                 if !self.eligible(owner, ctx, &mut seen) {
                     continue;
                 }
-                // A located layer has its unit, so the cell hash is never the `unwrap_or`.
-                let p = scale(hash(layer.unit, owner.seed).unwrap_or(0), owner.total);
+                let p = scale(units.hash(unit, owner.seed), owner.total);
                 let Some(k) = owner.cell(p, &self.cells) else {
                     continue;
                 };
@@ -876,6 +859,51 @@ impl Snapshot {
             Reason::Default
         };
         flag.default_raw(reason)
+    }
+}
+
+// === impl LayerUnits ===
+
+/// How `allocate_layers` reads and hashes a layer's unit: `unit` once per layer, `hash` for the
+/// layer's seed and its owner's.
+trait LayerUnits: Copy {
+    type Unit: Copy;
+    /// The value of unit key `key` in the context, if it has one.
+    fn unit(self, key: u32) -> Option<Self::Unit>;
+    /// `xxh3_64_with_seed(unit, seed)`.
+    fn hash(self, unit: Self::Unit, seed: u64) -> u64;
+}
+
+/// Any config: each unit key's value, hashed as it is.
+impl<'u> LayerUnits for &Units<'u> {
+    type Unit = &'u str;
+
+    #[inline(always)]
+    fn unit(self, key: u32) -> Option<&'u str> {
+        self.get(key as usize).and_then(|u| u.ok())
+    }
+
+    #[inline(always)]
+    fn hash(self, unit: &'u str, seed: u64) -> u64 {
+        hash(seed, unit)
+    }
+}
+
+/// A config with one unit key, whose value in the context is prepared: every layer has it.
+#[derive(Clone, Copy)]
+struct OneUnit<const ROUNDS: usize>(Prepared<ROUNDS>);
+
+impl<const ROUNDS: usize> LayerUnits for OneUnit<ROUNDS> {
+    type Unit = ();
+
+    #[inline(always)]
+    fn unit(self, _: u32) -> Option<()> {
+        Some(())
+    }
+
+    #[inline(always)]
+    fn hash(self, _: (), seed: u64) -> u64 {
+        self.0.hash(seed)
     }
 }
 
