@@ -24,21 +24,29 @@ const BATCH: usize = 8;
 /// `Owner::condition` of an experiment without a `when`.
 pub(crate) const UNCONDITIONAL: u32 = u32::MAX;
 
-/// Condition classes already evaluated in one call, and their results: entry `class + 1` for
-/// the first 127 classes ([`UNKNOWN`], [`HOLDS`] or [`FAILS`]), and entry 0 for
-/// [`UNCONDITIONAL`] (which wraps to 0): always `HOLDS`, so an unconditional owner takes the
-/// same path as a known class, one load and no branch of its own.
-struct Seen([u8; 128]);
+/// Condition classes already evaluated in one call (the first 128), and their results.
+#[derive(Default)]
+struct Seen {
+    known: u128,
+    holds: u128,
+}
+
+/// `allocate_into`'s condition classes already evaluated, and their results: entry `class + 1`
+/// for the first 127 classes ([`UNKNOWN`], [`HOLDS`] or [`FAILS`]), and entry 0 for
+/// [`UNCONDITIONAL`] (which wraps to 0), always `HOLDS`: an unconditional owner takes the same
+/// path as a known class, one load and no branch of its own (a branch on whether an owner is
+/// conditional is mispredicted across layers). [`Seen`] is cheaper to set up for one layer.
+struct Classes([u8; 128]);
 
 const UNKNOWN: u8 = 0;
 const HOLDS: u8 = 1;
 const FAILS: u8 = 2;
 
-impl Default for Seen {
+impl Default for Classes {
     fn default() -> Self {
-        let mut seen = [UNKNOWN; 128];
-        seen[0] = HOLDS;
-        Seen(seen)
+        let mut classes = [UNKNOWN; 128];
+        classes[0] = HOLDS;
+        Classes(classes)
     }
 }
 
@@ -410,7 +418,7 @@ impl Snapshot {
         // Layers go in batches: first every layer's bucket, owning range and owner, then the
         // owners' cells. The lookups of different layers do not depend on each other, so their
         // cache misses overlap instead of queueing one behind the other.
-        let mut seen = Seen::default();
+        let mut classes = Classes::default();
         for chunk in self.layers.chunks(BATCH) {
             let mut located: [Option<(&Owner, u32, U::Unit)>; BATCH] = [None; BATCH];
             for (slot, layer) in located.iter_mut().zip(chunk) {
@@ -424,12 +432,12 @@ impl Snapshot {
                 }
             }
             for (slot, layer) in located.iter().zip(chunk) {
-                // Unconditional owners go through `eligible` too (entry 0 of `seen`), so the
-                // only branch on eligibility is on the answer.
+                // Unconditional owners go through `classes` too, so the only branch on
+                // eligibility is on the answer.
                 let Some((owner, bucket, unit)) = *slot else {
                     continue;
                 };
-                if !self.eligible(owner, ctx, &mut seen) {
+                if !self.eligible_in(owner, ctx, &mut classes) {
                     continue;
                 }
                 let p = scale(units.hash(unit, owner.seed), owner.total);
@@ -655,7 +663,7 @@ impl Snapshot {
     #[inline(always)]
     fn assign(&self, li: u32, layer: &Layer, unit: &str, ctx: &Context) -> Option<Hit> {
         let (idx, owner, bucket) = self.locate(layer, hash(layer.seed, unit))?;
-        let k = self.pick(owner, unit, ctx)?;
+        let k = self.pick(owner, unit, ctx, &mut Seen::default())?;
         Some(Hit {
             layer: li,
             owner: idx,
@@ -736,22 +744,13 @@ impl Snapshot {
         (in_layer & (owner.start <= bucket)).then_some((idx, owner, bucket))
     }
 
-    /// Eligibility and the position of the unit's cell among `owner`'s experiment's cells, for
-    /// one layer (`allocate_into` has its own, which remembers conditions across layers).
+    /// Eligibility and the position of the unit's cell among `owner`'s experiment's cells.
     #[inline(always)]
-    fn pick(&self, owner: &Owner, unit: &str, ctx: &Context) -> Option<u32> {
-        if owner.condition != UNCONDITIONAL && !self.holds(owner, ctx) {
+    fn pick(&self, owner: &Owner, unit: &str, ctx: &Context, seen: &mut Seen) -> Option<u32> {
+        if owner.condition != UNCONDITIONAL && !self.eligible(owner, ctx, seen) {
             return None;
         }
         owner.cell(scale(hash(owner.seed, unit), owner.total), &self.cells)
-    }
-
-    /// Whether the context satisfies `owner`'s experiment's condition.
-    #[inline(always)]
-    fn holds(&self, owner: &Owner, ctx: &Context) -> bool {
-        self.experiments
-            .get(owner.experiment as usize)
-            .is_some_and(|e| e.when.eval(ctx))
     }
 
     /// Names a hit of `resolve`/`resolve_all`, whose `finish` has just read the hit's cell.
@@ -772,15 +771,37 @@ impl Snapshot {
     /// and call.
     #[inline(always)]
     fn eligible(&self, owner: &Owner, ctx: &Context, seen: &mut Seen) -> bool {
+        let bit = 1u128.checked_shl(owner.condition).unwrap_or(0);
+        if seen.known & bit != 0 {
+            return seen.holds & bit != 0;
+        }
+        let holds = self
+            .experiments
+            .get(owner.experiment as usize)
+            .is_some_and(|e| e.when.eval(ctx));
+        seen.known |= bit;
+        if holds {
+            seen.holds |= bit;
+        }
+        holds
+    }
+
+    /// [`Snapshot::eligible`] for `allocate_into`, unconditional owners included (see
+    /// [`Classes`]).
+    #[inline(always)]
+    fn eligible_in(&self, owner: &Owner, ctx: &Context, classes: &mut Classes) -> bool {
         // Classes past the first 127 have no entry: evaluated every time.
         let i = owner.condition.wrapping_add(1) as usize;
-        match seen.0.get(i) {
+        match classes.0.get(i) {
             Some(&HOLDS) => return true,
             Some(&FAILS) => return false,
             _ => {}
         }
-        let holds = self.holds(owner, ctx);
-        if let Some(e) = seen.0.get_mut(i) {
+        let holds = self
+            .experiments
+            .get(owner.experiment as usize)
+            .is_some_and(|e| e.when.eval(ctx));
+        if let Some(e) = classes.0.get_mut(i) {
             *e = if holds { HOLDS } else { FAILS };
         }
         holds
