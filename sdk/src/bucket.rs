@@ -20,6 +20,86 @@ pub fn hash(seed: u64, unit: &str) -> u64 {
     xxh3_64_with_seed(unit.as_bytes(), seed)
 }
 
+/// A unit of 17 to 128 bytes prepared for hashing under many seeds: [`Prepared::hash`] is
+/// exactly `xxh3_64_with_seed(unit, seed)`, as [`hash`] computes it, with the unit's words and
+/// XXH3's length dispatch read once.
+///
+/// `allocate` hashes one unit with every layer's seed and every owner's cell seed; only the seed
+/// changes. `ROUNDS` is the number of 32-byte rounds of `XXH3_len_17to128_64b` (1 for 17 to 32
+/// bytes, up to 4 for 97 to 128), fixed at compile time so a hash is straight-line code.
+/// Names in comments are the XXH3 reference's (`xxhash.h`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Prepared<const ROUNDS: usize> {
+    /// `len * PRIME64_1`.
+    acc: u64,
+    /// The 16-byte chunks in the order of the secret chunks they meet: `chunks[i]` is mixed
+    /// with `SECRET[i]`. Only the first `2 * ROUNDS` are used.
+    chunks: [[u64; 2]; 8],
+}
+
+/// The first 128 bytes of `XXH3_kSecret` as little-endian 16-byte chunks.
+const SECRET: [[u64; 2]; 8] = [
+    [0xbe4b_a423_396c_feb8, 0x1cad_21f7_2c81_017c],
+    [0xdb97_9083_e96d_d4de, 0x1f67_b3b7_a4a4_4072],
+    [0x78e5_c0cc_4ee6_79cb, 0x2172_ffcc_7dd0_5a82],
+    [0x8e24_43f7_7446_08b8, 0x4c26_3a81_e690_35e0],
+    [0xcb00_c391_bb52_283c, 0xa32e_531b_8b65_d088],
+    [0x4ef9_0da2_9748_6471, 0xd8ac_dea9_46ef_1938],
+    [0x3f34_9ce3_3f76_faa8, 0x1d4f_0bc7_c7bb_dcf9],
+    [0x3159_b4cd_4be0_518a, 0x6473_78d9_c97e_9fc8],
+];
+
+const PRIME64_1: u64 = 0x9E37_79B1_85EB_CA87;
+
+impl<const ROUNDS: usize> Prepared<ROUNDS> {
+    /// Reads `unit` once for [`Prepared::hash`]; `None` unless its length takes `ROUNDS` rounds
+    /// (`17 + 32 * (ROUNDS - 1)` to `32 * ROUNDS` bytes).
+    pub(crate) fn new(unit: &[u8]) -> Option<Self> {
+        let len = unit.len();
+        if !(17..=128).contains(&len) || len.div_ceil(32) != ROUNDS {
+            return None;
+        }
+        // XXH3_len_17to128_64b: round r mixes input chunk r with secret chunk 2r, and the chunk
+        // r from the end with secret chunk 2r + 1.
+        let mut chunks = [[0; 2]; 8];
+        for (r, pair) in chunks.chunks_exact_mut(2).take(ROUNDS).enumerate() {
+            let (from_start, from_end) = (16 * r, len - 16 * (r + 1));
+            if let [a, z] = pair {
+                *a = [read64(unit, from_start), read64(unit, from_start + 8)];
+                *z = [read64(unit, from_end), read64(unit, from_end + 8)];
+            }
+        }
+        Some(Prepared {
+            // `len` <= 128, so the widening is lossless.
+            acc: (len as u64).wrapping_mul(PRIME64_1),
+            chunks,
+        })
+    }
+
+    /// `xxh3_64_with_seed(unit, seed)`: XXH3_len_17to128_64b. The reference adds the rounds'
+    /// `XXH3_mix16B` from the last round to the first; wrapping addition does not care.
+    #[inline(always)]
+    pub(crate) fn hash(&self, seed: u64) -> u64 {
+        let mut acc = self.acc;
+        for (input, secret) in self.chunks.iter().zip(&SECRET).take(2 * ROUNDS) {
+            // XXH3_mix16B: XXH3_mul128_fold64 of the chunk's words keyed by the seeded secret.
+            let lo = input[0] ^ secret[0].wrapping_add(seed);
+            let hi = input[1] ^ secret[1].wrapping_sub(seed);
+            let product = u128::from(lo) * u128::from(hi);
+            acc = acc.wrapping_add((product as u64) ^ ((product >> 64) as u64));
+        }
+        // XXH3_avalanche.
+        let h = (acc ^ (acc >> 37)).wrapping_mul(0x1656_6791_9E37_79F9);
+        h ^ (h >> 32)
+    }
+}
+
+fn read64(b: &[u8], at: usize) -> u64 {
+    b.get(at..at + 8)
+        .and_then(|w| w.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
+}
+
 /// Maps a 64-bit hash uniformly onto `0..n` by multiply-shift: `(h * n) >> 64` in 128 bits.
 ///
 /// Unlike `h % n` this has no modulo bias beyond one part in 2^64 / n and costs one multiply.
@@ -60,6 +140,66 @@ pub fn pick(salt: &str, unit: &str, weights: &[u32]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// `Prepared::<R>::new(unit).map(|p| p.hash(seed))` for the `R` the unit's length takes.
+    fn prepared_hash(unit: &[u8], seed: u64) -> Option<u64> {
+        let hashes = [
+            Prepared::<1>::new(unit).map(|p| p.hash(seed)),
+            Prepared::<2>::new(unit).map(|p| p.hash(seed)),
+            Prepared::<3>::new(unit).map(|p| p.hash(seed)),
+            Prepared::<4>::new(unit).map(|p| p.hash(seed)),
+        ];
+        // At most one `ROUNDS` takes a unit.
+        assert!(hashes.iter().flatten().count() <= 1, "{unit:?}");
+        hashes.into_iter().flatten().next()
+    }
+
+    /// Every length from 0 to 300, with bytes and seeds from a fixed xorshift stream, against
+    /// xxhash-rust: prepared exactly for 17 to 128 bytes, and then bit-identical.
+    #[test]
+    fn prepared_hash_is_xxh3_for_every_length() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for len in 0..=300 {
+            for _ in 0..20 {
+                let unit: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                for seed in [0, 1, u64::MAX, 1 << 63, u64::from(u32::MAX), next(), next()] {
+                    let got = prepared_hash(&unit, seed);
+                    if (17..=128).contains(&len) {
+                        assert_eq!(
+                            got,
+                            Some(xxh3_64_with_seed(&unit, seed)),
+                            "len {len} seed {seed:#x} unit {unit:?}"
+                        );
+                    } else {
+                        assert_eq!(got, None, "len {len}");
+                    }
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn prepared_hash_matches_xxh3(
+            unit in proptest::collection::vec(any::<u8>(), 0..=300),
+            seeds in proptest::collection::vec(any::<u64>(), 1..8),
+        ) {
+            for seed in seeds {
+                if let Some(got) = prepared_hash(&unit, seed) {
+                    prop_assert_eq!(got, xxh3_64_with_seed(&unit, seed));
+                } else {
+                    prop_assert!(!(17..=128).contains(&unit.len()));
+                }
+            }
+        }
+    }
 
     #[test]
     fn scale_covers_the_range_edges() {
