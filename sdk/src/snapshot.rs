@@ -760,20 +760,23 @@ impl Snapshot {
             // before it. Its start is in the owner's line, which the caller reads anyway.
             lo
         } else {
-            // Past it: a later range up to the next slot's entry (inclusive, if that is still
-            // this layer's).
+            // Past it: a later range up to the next slot's entry.
             let &(next, _) = self.slots.get(slot + 1)?;
-            let hi = (next + 1).min(layer.first + layer.len);
-            let candidates = self.bounds.get(lo as usize + 1..hi as usize)?;
-            let i = candidates.partition_point(|&(_, end)| end <= bucket);
-            let &(start, _) = candidates.get(i)?;
-            if bucket < start {
-                return None;
-            }
-            lo + 1 + i as u32
+            self.search_past(layer, lo, next, bucket)?
         };
         let owner = self.owners.get(idx as usize)?;
         (owner.start <= bucket).then_some((idx, owner, bucket))
+    }
+
+    /// The range owning `bucket` after a slot's first candidate `lo`, up to the next slot's
+    /// entry `next` (inclusive, if that is still this layer's); `None` if the bucket is in a gap.
+    #[inline(always)]
+    fn search_past(&self, layer: &Layer, lo: u32, next: u32, bucket: u32) -> Option<u32> {
+        let hi = (next + 1).min(layer.first + layer.len);
+        let candidates = self.bounds.get(lo as usize + 1..hi as usize)?;
+        let i = candidates.partition_point(|&(_, end)| end <= bucket);
+        let &(start, _) = candidates.get(i)?;
+        (bucket >= start).then_some(lo + 1 + i as u32)
     }
 
     /// [`Snapshot::locate`] without a branch on the hash where a slot has at most two candidate
@@ -803,16 +806,8 @@ impl Snapshot {
             // in the owner's line, which is read anyway.
             (lo, true)
         } else {
-            // Past it: a later range up to the next slot's entry (inclusive, if that is still
-            // this layer's).
-            let hi = (next + 1).min(layer.first + layer.len);
-            let candidates = self.bounds.get(lo as usize + 1..hi as usize)?;
-            let i = candidates.partition_point(|&(_, end)| end <= bucket);
-            let &(start, _) = candidates.get(i)?;
-            if bucket < start {
-                return None;
-            }
-            (lo + 1 + i as u32, true)
+            // Past it: a later range up to the next slot's entry.
+            (self.search_past(layer, lo, next, bucket)?, true)
         };
         let owner = self.owners.get(idx as usize)?;
         (in_layer & (owner.start <= bucket)).then_some((idx, owner, bucket))
