@@ -24,18 +24,12 @@ const BATCH: usize = 8;
 /// `Owner::condition` of an experiment without a `when`.
 pub(crate) const UNCONDITIONAL: u32 = u32::MAX;
 
-/// Condition classes already evaluated in one call (the first 128), and their results.
-#[derive(Default)]
-struct Seen {
-    known: u128,
-    holds: u128,
-}
-
 /// `allocate_into`'s condition classes already evaluated, and their results: entry `class + 1`
 /// for the first 127 classes ([`UNKNOWN`], [`HOLDS`] or [`FAILS`]), and entry 0 for
 /// [`UNCONDITIONAL`] (which wraps to 0), always `HOLDS`: an unconditional owner takes the same
 /// path as a known class, one load and no branch of its own (a branch on whether an owner is
-/// conditional is mispredicted across layers). [`Seen`] is cheaper to set up for one layer.
+/// conditional is mispredicted across layers). One-layer evaluations (`resolve`) check the
+/// condition directly ([`Snapshot::eligible`]).
 struct Classes([u8; 128]);
 
 const UNKNOWN: u8 = 0;
@@ -607,7 +601,7 @@ impl Snapshot {
         if bucket < owner.start || bucket >= d.end {
             return None;
         }
-        if owner.condition != UNCONDITIONAL && !self.eligible(owner, ctx, &mut Seen::default()) {
+        if !self.eligible(owner, ctx) {
             return None;
         }
         let k = owner.cell(p, &self.cells)?;
@@ -737,7 +731,7 @@ impl Snapshot {
     #[inline(always)]
     fn assign(&self, li: u32, layer: &Layer, unit: &str, ctx: &Context) -> Option<Hit> {
         let (idx, owner, bucket) = self.locate(layer, hash(layer.seed, unit))?;
-        let k = self.pick(owner, unit, ctx, &mut Seen::default())?;
+        let k = self.pick(owner, unit, ctx)?;
         Some(Hit {
             layer: li,
             owner: idx,
@@ -815,8 +809,8 @@ impl Snapshot {
 
     /// Eligibility and the position of the unit's cell among `owner`'s experiment's cells.
     #[inline(always)]
-    fn pick(&self, owner: &Owner, unit: &str, ctx: &Context, seen: &mut Seen) -> Option<u32> {
-        if owner.condition != UNCONDITIONAL && !self.eligible(owner, ctx, seen) {
+    fn pick(&self, owner: &Owner, unit: &str, ctx: &Context) -> Option<u32> {
+        if !self.eligible(owner, ctx) {
             return None;
         }
         owner.cell(scale(hash(owner.seed, unit), owner.total), &self.cells)
@@ -836,27 +830,23 @@ impl Snapshot {
         }
     }
 
-    /// Whether the context satisfies `owner`'s experiment's condition: evaluated once per class
-    /// and call.
+    /// Whether the context satisfies `owner`'s experiment's condition, if it has one (one
+    /// evaluation: `allocate_into` remembers classes with [`Snapshot::eligible_in`]).
     #[inline(always)]
-    fn eligible(&self, owner: &Owner, ctx: &Context, seen: &mut Seen) -> bool {
-        let bit = 1u128.checked_shl(owner.condition).unwrap_or(0);
-        if seen.known & bit != 0 {
-            return seen.holds & bit != 0;
-        }
-        let holds = self
-            .experiments
-            .get(owner.experiment as usize)
-            .is_some_and(|e| e.when.eval(ctx));
-        seen.known |= bit;
-        if holds {
-            seen.holds |= bit;
-        }
-        holds
+    fn eligible(&self, owner: &Owner, ctx: &Context) -> bool {
+        owner.condition == UNCONDITIONAL || self.holds(owner, ctx)
     }
 
-    /// [`Snapshot::eligible`] for `allocate_into`, unconditional owners included (see
-    /// [`Classes`]).
+    /// Whether the context satisfies `owner`'s experiment's `when`.
+    #[inline(always)]
+    fn holds(&self, owner: &Owner, ctx: &Context) -> bool {
+        self.experiments
+            .get(owner.experiment as usize)
+            .is_some_and(|e| e.when.eval(ctx))
+    }
+
+    /// [`Snapshot::eligible`] for `allocate_into`: each condition class evaluated at most once
+    /// per call, unconditional owners included (see [`Classes`]).
     #[inline(always)]
     fn eligible_in(&self, owner: &Owner, ctx: &Context, classes: &mut Classes) -> bool {
         // Classes past the first 127 have no entry: evaluated every time.
@@ -866,10 +856,7 @@ impl Snapshot {
             Some(&FAILS) => return false,
             _ => {}
         }
-        let holds = self
-            .experiments
-            .get(owner.experiment as usize)
-            .is_some_and(|e| e.when.eval(ctx));
+        let holds = self.holds(owner, ctx);
         if let Some(e) = classes.0.get_mut(i) {
             *e = if holds { HOLDS } else { FAILS };
         }
