@@ -448,7 +448,7 @@ impl Snapshot {
                 }
                 if let Some(unit) = units.unit(layer.unit) {
                     *slot = self
-                        .locate_flat(layer, units.hash(unit, layer.seed))
+                        .locate(layer, units.hash(unit, layer.seed))
                         .map(|(_, owner, bucket)| (owner, bucket, unit));
                 }
             }
@@ -740,28 +740,6 @@ impl Snapshot {
         })
     }
 
-    /// The range owning the bucket of layer hash `h` (the unit's, under the layer's seed), if
-    /// any: its index into `bounds`/`owners`, its owner, and the bucket. For one layer
-    /// (`resolve`); `allocate_into` uses [`Snapshot::locate_flat`].
-    #[inline(always)]
-    fn locate(&self, layer: &Layer, h: u64) -> Option<(u32, &Owner, u32)> {
-        let bucket = scale(h, u64::from(layer.buckets)) as u32;
-        // The hash's top bits pick a slot, which bounds where the owning range can be.
-        let slot = layer.slots as usize + h.checked_shr(layer.shift).unwrap_or(0) as usize;
-        let &(lo, end) = self.slots.get(slot)?;
-        let idx = if bucket < end {
-            // The common case: the slot's first candidate, if the bucket is not in a gap
-            // before it. Its start is in the owner's line, which the caller reads anyway.
-            lo
-        } else {
-            // Past it: a later range up to the next slot's entry.
-            let &(next, _) = self.slots.get(slot + 1)?;
-            self.search_past(layer, lo, next, bucket)?
-        };
-        let owner = self.owners.get(idx as usize)?;
-        (owner.start <= bucket).then_some((idx, owner, bucket))
-    }
-
     /// The range owning `bucket` after a slot's first candidate `lo`, up to the next slot's
     /// entry `next` (inclusive, if that is still this layer's); `None` if the bucket is in a gap.
     #[inline(always)]
@@ -773,12 +751,13 @@ impl Snapshot {
         (bucket >= start).then_some(lo + 1 + i as u32)
     }
 
-    /// [`Snapshot::locate`] without a branch on the hash where a slot has at most two candidate
-    /// ranges (in `allocate_into`, where a branch on whether the bucket is past the slot's first
-    /// range is mispredicted for about a quarter of 500 layers). About 10 instructions more than
-    /// `locate`, which `resolve` keeps: for one layer they would cost more than they save.
+    /// The range owning the bucket of layer hash `h` (the unit's, under the layer's seed), if
+    /// any: its index into `bounds`/`owners`, its owner, and the bucket. Where a slot has at most
+    /// two candidate ranges (nearly always) the choice has no branch on the hash: across 500
+    /// layers a branch on whether the bucket is past the slot's first range is mispredicted for
+    /// about a quarter of them.
     #[inline(always)]
-    fn locate_flat(&self, layer: &Layer, h: u64) -> Option<(u32, &Owner, u32)> {
+    fn locate(&self, layer: &Layer, h: u64) -> Option<(u32, &Owner, u32)> {
         let bucket = scale(h, u64::from(layer.buckets)) as u32;
         // The hash's top bits pick a slot, which bounds where the owning range can be.
         let slot = layer.slots as usize + h.checked_shr(layer.shift).unwrap_or(0) as usize;
