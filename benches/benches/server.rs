@@ -108,6 +108,23 @@ fn demo_service(metrics: bool) -> Service {
     )
 }
 
+/// [`demo_service`] with the assignment log on, written to `/dev/null` by its thread.
+fn logged_service() -> Service {
+    let options = allot_server::log::Options {
+        target: allot_server::log::Target::File("/dev/null".into()),
+        ttl: std::time::Duration::from_secs(3600),
+        capacity: 1_000_000,
+        queue: 65_536,
+    };
+    let metrics = Metrics::new();
+    let (log, writer) = allot_server::log::open(&options, Some(metrics.clone())).expect("opens");
+    // The writer runs until the process exits.
+    std::mem::forget(writer);
+    demo_service(false)
+        .with_metrics(metrics)
+        .with_assignment_log(log)
+}
+
 /// The 100-flag config of the load-test suite, from `scripts/gen-config.py flags` (so the
 /// bench and `scripts/bench-server.sh` serve the same document).
 fn hundred_flags_config() -> Config {
@@ -455,6 +472,44 @@ fn benches(c: &mut Criterion) {
                 .expect("allocates")
                 .expect("serializes")
         });
+    });
+    // The assignment log's cost on the request path (issue 7: p99 with the log within 1.1× of
+    // without): the same service call with the log on, for a unit never seen before on every
+    // call (a fresh server: each call queues a line) and for units seen already (each call only
+    // checks the dedup cache). The writer thread writes to /dev/null on the other core.
+    // `service_allocate_demo_fresh_units` is the same call with the log off, the baseline.
+    let fresh = |b: &mut criterion::Bencher<'_>, service: &Service| {
+        let mut i = 1usize << 40;
+        b.iter_batched(
+            || {
+                i = i.wrapping_add(1);
+                Context::from(context(i))
+            },
+            |ctx| {
+                service
+                    .allocate(black_box(&ctx), &[], &[], |view| view.flags.len())
+                    .expect("allocates")
+            },
+            BatchSize::SmallInput,
+        );
+    };
+    let logged = logged_service();
+    g.bench_function("service_allocate_demo_fresh_units", |b| fresh(b, &service));
+    g.bench_function("service_allocate_demo_log_new_units", |b| fresh(b, &logged));
+    g.bench_function("service_allocate_demo_log_seen_units", |b| {
+        let mut i = 0usize;
+        b.iter_batched(
+            || {
+                i = i.wrapping_add(1);
+                ctxs[i & MASK].clone()
+            },
+            |ctx| {
+                logged
+                    .allocate(black_box(&ctx), &[], &[], |view| view.flags.len())
+                    .expect("allocates")
+            },
+            BatchSize::SmallInput,
+        );
     });
     g.finish();
 

@@ -1,20 +1,27 @@
 //! The assignment log (DESIGN §7): one JSON line per unit the first time it is seen in an
 //! experiment cell under a revision, written off the request path.
 //!
-//! The request path ([`AssignmentLog::observe`]) only hashes, checks a `moka` TTL cache and
+//! The request path ([`AssignmentLog::observe`]) only hashes, checks a TTL cache and
 //! `try_send`s on a bounded queue; a full queue drops the line and counts it. A dedicated
-//! writer thread owns the file (or stdout), batches lines in a `BufWriter`, and under load wakes
-//! once per 1 ms tick (not once per line) to write and flush what has queued. It must never
-//! block a request.
+//! writer thread owns the file (or stdout), serializes and batches lines in a `BufWriter`, and
+//! under load wakes once per [`TICK`] (not once per line) to write and flush what has queued. It
+//! must never block a request.
+//!
+//! Deduplication is per (unit, experiment, cell, revision), with a TTL, as DESIGN §7 asks: the
+//! cache maps a digest of each entry to the time it expires, checked on lookup. It is a
+//! `quick_cache` (sharded, S3-FIFO eviction, no maintenance pass). DESIGN §7 names moka, which
+//! this replaced: on a fresh server, where nearly every request has a new unit, moka's inserts
+//! (a pointer chase through its lock-free table, bookkeeping queued for a maintenance pass)
+//! cost about 2.5 µs of CPU per request on one core (BENCHMARKS.md, "Assignment log").
 
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use allot::{Allocation, Context, Snapshot, TARGETING_KEY};
-use moka::sync::Cache;
+use quick_cache::sync::{Cache, GuardResult};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use xxhash_rust::xxh3::Xxh3;
@@ -24,7 +31,12 @@ use crate::trace::TraceParent;
 
 /// How long the writer sleeps between batches while lines keep arriving (see `write_loop`):
 /// the longest a queued line waits before it is written and flushed, give or take one batch.
-pub const TICK: Duration = Duration::from_millis(1);
+///
+/// Each tick costs a wake-up and a `write` on whichever core the writer shares. On a server
+/// pinned to one core at 10,000 req/s with new units, a 1 ms tick cost 2.6 µs of CPU per
+/// request and 10 ms cost 0.9; 50 ms cost 0.6 but raised p99, each batch holding the core longer
+/// (BENCHMARKS.md, "Assignment log").
+pub const TICK: Duration = Duration::from_millis(10);
 
 /// Where the log goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +54,8 @@ pub struct Options {
     pub target: Target,
     /// How long a (unit, experiment, cell, revision) is remembered as logged.
     pub ttl: Duration,
-    /// Most entries remembered (older ones are evicted and may be logged again).
+    /// Most entries remembered (others are evicted and may be logged again); the cache's
+    /// memory for them is reserved when the log opens.
     pub capacity: u64,
     /// Lines that may wait for the writer before new ones are dropped.
     pub queue: usize,
@@ -50,7 +63,12 @@ pub struct Options {
 
 /// The request-side handle: dedup cache and queue sender. Shared by every transport.
 pub struct AssignmentLog {
-    seen: Cache<u128, ()>,
+    /// Entry digests, each with the time it expires (milliseconds since `epoch`).
+    seen: Cache<u128, u64>,
+    /// The zero of the expiry times.
+    epoch: Instant,
+    /// The TTL in milliseconds.
+    ttl_ms: u64,
     tx: mpsc::Sender<Msg>,
     metrics: Option<Arc<Metrics>>,
 }
@@ -100,19 +118,19 @@ pub fn open(
     };
     let (tx, rx) = mpsc::channel(options.queue.max(1));
     let (done_tx, done) = oneshot::channel();
-    let seen: Cache<u128, ()> = Cache::builder()
-        .max_capacity(options.capacity)
-        .time_to_live(options.ttl)
-        .build();
-    let maintained = seen.clone();
+    let capacity = usize::try_from(options.capacity)
+        .unwrap_or(usize::MAX)
+        .max(1);
     std::thread::Builder::new()
         .name("allot-assignment-log".into())
         .spawn(move || {
-            let _ = done_tx.send(write_loop(rx, out, &maintained));
+            let _ = done_tx.send(write_loop(rx, out));
         })?;
     Ok((
         Arc::new(AssignmentLog {
-            seen,
+            seen: reserved(capacity),
+            epoch: Instant::now(),
+            ttl_ms: u64::try_from(options.ttl.as_millis()).unwrap_or(u64::MAX),
             tx: tx.clone(),
             metrics,
         }),
@@ -146,6 +164,7 @@ impl AssignmentLog {
                 .unwrap_or(TARGETING_KEY)
         };
         let revision = snapshot.revision();
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
         // One line per distinct unit attribute (usually one): layers may hash different units.
         for (i, first) in assignments.iter().enumerate() {
             let key = unit_key(first.layer);
@@ -160,7 +179,7 @@ impl AssignmentLog {
             let mut fresh: Vec<u128> = Vec::new();
             for a in mine() {
                 let k = dedup_key(unit, a.experiment, a.cell, revision);
-                if self.seen.entry(k).or_insert(()).is_fresh() {
+                if self.claim(k, now) {
                     fresh.push(k);
                 }
             }
@@ -196,7 +215,7 @@ impl AssignmentLog {
                 Err(_) => {
                     // Forget the entries so the unit is logged when the queue has room again.
                     for k in &fresh {
-                        self.seen.invalidate(k);
+                        self.seen.remove(k);
                     }
                     if let Some(m) = &self.metrics {
                         m.log_dropped();
@@ -207,10 +226,28 @@ impl AssignmentLog {
     }
 }
 
+impl AssignmentLog {
+    /// Whether the entry `key` is new (never seen, evicted, or expired at `now`), in which case
+    /// it is remembered until `now + ttl`. Of two requests racing on one new entry, one claims
+    /// it; the other does not wait (a zero timeout) and counts it as seen.
+    fn claim(&self, key: u128, now: u64) -> bool {
+        let expiry = now.saturating_add(self.ttl_ms);
+        match self.seen.get_value_or_guard(&key, Some(Duration::ZERO)) {
+            GuardResult::Value(until) if until > now => false,
+            GuardResult::Value(_) => {
+                self.seen.insert(key, expiry);
+                true
+            }
+            GuardResult::Guard(guard) => guard.insert(expiry).is_ok(),
+            GuardResult::Timeout => false,
+        }
+    }
+}
+
 impl std::fmt::Debug for AssignmentLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AssignmentLog")
-            .field("entries", &self.seen.entry_count())
+            .field("entries", &self.seen.len())
             .finish_non_exhaustive()
     }
 }
@@ -235,15 +272,7 @@ impl Writer {
 /// of once per line. Each wake-up is a futex wake and a context switch, often on the cores
 /// serving requests, and per line they cost more than writing the line. Lines reach the file
 /// within about a tick.
-///
-/// Each tick also runs the dedup cache's pending maintenance. moka otherwise runs it on
-/// whichever caller makes the 64th write since the last run, which is a request: with a new
-/// unit per request that is a batch of bookkeeping every 64 requests, on the request path.
-fn write_loop(
-    mut rx: mpsc::Receiver<Msg>,
-    out: Box<dyn Write + Send>,
-    seen: &Cache<u128, ()>,
-) -> io::Result<()> {
+fn write_loop(mut rx: mpsc::Receiver<Msg>, out: Box<dyn Write + Send>) -> io::Result<()> {
     let mut out = BufWriter::with_capacity(64 * 1024, out);
     while let Some(first) = rx.blocking_recv() {
         let mut next = Some(first);
@@ -258,7 +287,6 @@ fn write_loop(
                 }
             }
             out.flush()?;
-            seen.run_pending_tasks();
             std::thread::sleep(TICK);
             if rx.is_empty() {
                 break;
@@ -267,6 +295,19 @@ fn write_loop(
     }
     // Every sender is gone.
     out.flush()
+}
+
+/// The dedup cache, sized for its whole capacity up front.
+///
+/// Grown on demand, each shard's table doubles, rehashing every entry under the shard's lock,
+/// and its entry slab is copied to a larger one: on a fresh server, where the cache fills at
+/// the request rate, those are milliseconds on the request path every time a shard doubles.
+/// Reserved, the memory is mapped but touched only as entries arrive (the table's control
+/// bytes, one per slot, are written at once).
+fn reserved(capacity: usize) -> Cache<u128, u64> {
+    let cache = Cache::new(capacity);
+    cache.reserve(capacity);
+    cache
 }
 
 /// A 128-bit digest of (unit, experiment, cell, revision): no allocation per lookup, and

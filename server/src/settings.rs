@@ -70,7 +70,8 @@ pub struct Settings {
     #[arg(long, env = "ALLOT_ASSIGNMENT_LOG_TTL", default_value = "1h")]
     pub assignment_log_ttl: humantime::Duration,
 
-    /// Most (unit, experiment, cell, revision) entries remembered for deduplication.
+    /// Most (unit, experiment, cell, revision) entries remembered for deduplication; memory
+    /// for them is reserved at start (about 20 MB for the default).
     #[arg(
         long,
         env = "ALLOT_ASSIGNMENT_LOG_CAPACITY",

@@ -197,3 +197,127 @@ async fn the_server_logs_http_requests_and_flushes_on_shutdown() {
         assert_eq!(l["revision"], 1);
     }
 }
+
+/// A unit known in one experiment that becomes eligible for a second (its context changed)
+/// gets one more line for the new pair; the known pair is not logged on its own again.
+#[tokio::test]
+async fn a_new_pair_of_a_known_unit_is_logged_once() {
+    const TWO: &str = r#"
+layers:
+  - { id: home }
+  - { id: promo }
+experiments:
+  - id: prefetch
+    layer: home
+    ranges: ["0..10000"]
+    cells: [ { id: control }, { id: treatment } ]
+  - id: banner
+    layer: promo
+    ranges: ["0..10000"]
+    when: { country: SE }
+    cells: [ { id: a }, { id: b } ]
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pairs.jsonl");
+    let store = store_with(TWO);
+    let (log, writer) = log::open(&options(&path, 100), None).unwrap();
+    let svc = service(&store).with_assignment_log(log);
+    let us = Context::with_targeting_key("m-1").with("country", "US");
+    let se = Context::with_targeting_key("m-1").with("country", "SE");
+    for ctx in [&us, &us, &se, &se, &us, &se] {
+        svc.allocate_with(ctx, &[], &[], RequestMeta::http(None), |_| ())
+            .unwrap();
+    }
+    writer.close().await.unwrap();
+    let lines = read_lines(&path);
+    let experiments: Vec<Vec<&str>> = lines
+        .iter()
+        .map(|l| {
+            l["allocations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a["experiment"].as_str().unwrap())
+                .collect()
+        })
+        .collect();
+    // The US context (prefetch only), then the SE one (prefetch and, new, banner).
+    assert_eq!(experiments, [vec!["prefetch"], vec!["prefetch", "banner"]]);
+}
+
+/// An entry is remembered for the TTL only: past it, the unit is logged again.
+#[tokio::test]
+async fn an_entry_is_logged_again_after_its_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ttl.jsonl");
+    let store = store_with(CONFIG);
+    let ttl = Duration::from_millis(50);
+    let (log, writer) = log::open(
+        &Options {
+            ttl,
+            ..options(&path, 100)
+        },
+        None,
+    )
+    .unwrap();
+    let svc = service(&store).with_assignment_log(log);
+    let run = || {
+        svc.allocate_with(&ctx(7), &[], &[], RequestMeta::http(None), |_| ())
+            .unwrap()
+    };
+    run();
+    run();
+    // Sleeping at least the TTL (plus a margin for the millisecond clock) expires the entries,
+    // however slow the machine: no timing assumption.
+    tokio::time::sleep(ttl * 2).await;
+    run();
+    run();
+    writer.close().await.unwrap();
+    let units: Vec<String> = read_lines(&path)
+        .iter()
+        .map(|l| l["unit"].as_str().unwrap().to_owned())
+        .collect();
+    // ctx(7) has two unit attributes (member and device layers): one line each, twice.
+    assert_eq!(units, ["member-7", "dev-7", "member-7", "dev-7"]);
+}
+
+/// The dedup cache is bounded: it remembers at most `capacity` entries, so a second pass over
+/// many more units than that logs nearly all of them again.
+#[tokio::test]
+async fn past_its_capacity_the_cache_forgets_and_logs_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("capacity.jsonl");
+    let store = store_with(CONFIG);
+    let capacity = 16;
+    let (log, writer) = log::open(
+        &Options {
+            capacity,
+            ..options(&path, 10_000)
+        },
+        None,
+    )
+    .unwrap();
+    let svc = service(&store).with_assignment_log(log);
+    let pass = || {
+        for i in 0..2_000 {
+            svc.allocate_with(&ctx(i), &[], &[], RequestMeta::http(None), |_| ())
+                .unwrap();
+        }
+    };
+    pass();
+    pass();
+    writer.close().await.unwrap();
+    let mut per_unit: HashMap<String, u64> = HashMap::new();
+    for line in read_lines(&path) {
+        *per_unit
+            .entry(line["unit"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    // Each unit attribute has one layer here, so one entry per line: the first pass logs
+    // every unit, the second all but the at most `capacity` entries still remembered.
+    let units = per_unit.len() as u64;
+    let twice = per_unit.values().filter(|&&n| n == 2).count() as u64;
+    assert!(units > 3_000, "{units}");
+    assert!(per_unit.values().all(|&n| n <= 2));
+    assert!(twice >= units - capacity, "{twice} of {units} logged twice");
+}
