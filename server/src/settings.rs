@@ -70,17 +70,20 @@ pub struct Settings {
     #[arg(long, env = "ALLOT_ASSIGNMENT_LOG_TTL", default_value = "1h")]
     pub assignment_log_ttl: humantime::Duration,
 
-    /// Most (unit, experiment, cell, revision) entries remembered for deduplication; memory
-    /// for them is reserved at start (about 20 MB for the default).
+    /// Most (unit, experiment, cell, revision) entries remembered for deduplication (1 to
+    /// 100,000,000); memory for up to 4 million of them is reserved at start (about 20 MB RSS
+    /// for the default).
     #[arg(
         long,
         env = "ALLOT_ASSIGNMENT_LOG_CAPACITY",
-        default_value_t = 1_000_000
+        default_value_t = 1_000_000,
+        value_parser = clap::value_parser!(u64).range(1..=100_000_000)
     )]
     pub assignment_log_capacity: u64,
 
     /// Assignment log lines that may wait for the writer; past it lines are dropped and counted.
-    #[arg(long, env = "ALLOT_ASSIGNMENT_LOG_QUEUE", default_value_t = 65_536)]
+    #[arg(long, env = "ALLOT_ASSIGNMENT_LOG_QUEUE", default_value_t = 65_536,
+          value_parser = queue_len)]
     pub assignment_log_queue: usize,
 
     /// Byte budget of the `allot` baggage member; past it allocations are dropped and counted.
@@ -165,6 +168,17 @@ pub struct Settings {
     /// How long a TLS handshake may take before the connection is dropped.
     #[arg(long, env = "ALLOT_TLS_HANDSHAKE_TIMEOUT", default_value = "10s")]
     pub tls_handshake_timeout: humantime::Duration,
+}
+
+/// `--assignment-log-queue`: 1 to 16,777,216 lines.
+fn queue_len(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=1 << 24).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "`{s}` is not a number of lines from 1 to {}",
+            1 << 24
+        )),
+    }
 }
 
 // === impl Settings ===
@@ -291,5 +305,13 @@ mod tests {
         assert!(err(&["--shed-lag", "fast"]).contains("--shed-lag"));
         assert!(err(&["--shed-interval", "later"]).contains("--shed-interval"));
         assert!(err(&["--max-connections", "many"]).contains("--max-connections"));
+        for queue in ["0", "16777217", "4611686018427387904"] {
+            let e = err(&["--assignment-log-queue", queue]);
+            assert!(e.contains("--assignment-log-queue"), "{e}");
+        }
+        for capacity in ["0", "100000001", "lots"] {
+            let e = err(&["--assignment-log-capacity", capacity]);
+            assert!(e.contains("--assignment-log-capacity"), "{e}");
+        }
     }
 }

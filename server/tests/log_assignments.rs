@@ -321,3 +321,16 @@ async fn past_its_capacity_the_cache_forgets_and_logs_again() {
     assert!(per_unit.values().all(|&n| n <= 2));
     assert!(twice >= units - capacity, "{twice} of {units} logged twice");
 }
+
+/// A queue longer than the bound is refused with an error naming it, not a panic.
+#[test]
+fn an_oversized_queue_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = log::open(
+        &options(&dir.path().join("q.jsonl"), log::MAX_QUEUE + 1),
+        None,
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(e.to_string().contains("queue"), "{e}");
+}
