@@ -271,6 +271,11 @@ target(["bulk100", "floor-bulk"], "(diagnostic) OFREP bulk, 100 flags, over the 
 target(["swap"], "swaps every 100 ms: zero errors", lambda: f"{r['swap']['errors']} errors, {sw()['ok']} swaps ok, {sw()['failed']} failed", lambda: r["swap"]["errors"] == 0 and sw()["failed"] == 0 and sw()["ok"] > 0)
 target(["swap", "http"], "swaps: p99 within 1.2× of the same run without", lambda: f"{lat('swap', 'p99') / lat('http', 'p99'):.2f}× ({ms(lat('swap', 'p99'))} vs {ms(lat('http', 'p99'))} ms)", lambda: lat("swap", "p99") <= 1.2 * lat("http", "p99"))
 target(["log", "http"], "assignment log on: p99 within 1.1× of off", lambda: f"{lat('log', 'p99') / lat('http', 'p99'):.2f}× ({ms(lat('log', 'p99'))} vs {ms(lat('http', 'p99'))} ms)", lambda: lat("log", "p99") <= 1.1 * lat("http", "p99"))
+# Which threads the log's CPU lands on: the runtime's workers serve requests; the log's writer
+# thread ("allot-assignment-log", cut to 15 bytes by the kernel) is off the request path.
+thread = lambda x, name: (x.get("server_cpu_by_thread_us_per_request") or {}).get(name, 0.0)
+WORKER, WRITER = "tokio-rt-worker", "allot-assignmen"
+target(["log", "http"], "(diagnostic) assignment log: server CPU/request by thread", lambda: f"workers {thread(r['log'], WORKER):.1f} vs {thread(r['http'], WORKER):.1f} µs off, writer thread {thread(r['log'], WRITER):.1f} µs", lambda: True)
 target([], "idle RSS, demo config < 30 MB", lambda: f"{int(rss['demo']) / 1024:.1f} MiB", lambda: int(rss["demo"]) * 1024 < 30e6)
 if "10k" in rss:
     target([], "idle RSS, 10,000 experiments < 200 MB", lambda: f"{int(rss['10k']) / 1024:.1f} MiB", lambda: int(rss["10k"]) * 1024 < 200e6)
@@ -306,6 +311,8 @@ if all(k in pair for k in ("http", "swap", "log")):
     target([], "(interleaved) swaps: zero errors", lambda: f"{errs['swap']} errors, {swaps_ok} swaps ok, {swaps_failed} failed", lambda: errs["swap"] == 0 and swaps_failed == 0 and swaps_ok > 0)
     target([], "(interleaved) swaps: median p99 within 1.2× of without", lambda: f"{med['swap'] / med['http']:.2f}× ({ms(med['swap'])} vs {ms(med['http'])} ms)", lambda: med["swap"] <= 1.2 * med["http"])
     target([], "(interleaved) assignment log on: median p99 within 1.1× of off", lambda: f"{med['log'] / med['http']:.2f}× ({ms(med['log'])} vs {ms(med['http'])} ms)", lambda: med["log"] <= 1.1 * med["http"])
+    mt = lambda kind, name: statistics.median(thread(x, name) for x in pair[kind])
+    target([], "(diagnostic, interleaved) assignment log: median server CPU/request by thread", lambda: f"workers {mt('log', WORKER):.1f} vs {mt('http', WORKER):.1f} µs off, writer thread {mt('log', WRITER):.1f} µs", lambda: True)
 print()
 print("| target (issue 7) | measured | met? |")
 print("|---|---|---|")

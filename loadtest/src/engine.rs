@@ -23,7 +23,7 @@ use hyper::Uri;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::cpu::cpu_time_us;
+use crate::cpu::{cpu_time_us, thread_cpu_us};
 use crate::population::Population;
 use crate::report::{CpuTimes, Header, MAX_LATENCY_US, Report, Stats};
 use crate::swap::Swapper;
@@ -132,9 +132,22 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     }
     let cpu_before = cpu_before.await.unwrap_or_default();
     let delta = |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?));
+    let server_threads_us = match (cpu_before.server_threads_us, cpu_after.server_threads_us) {
+        (Some(before), Some(after)) => Some(
+            after
+                .into_iter()
+                .map(|(name, us)| {
+                    let was = before.get(&name).copied().unwrap_or(0);
+                    (name, us.saturating_sub(was))
+                })
+                .collect(),
+        ),
+        _ => None,
+    };
     let cpu = CpuTimes {
         server_us: delta(cpu_before.server_us, cpu_after.server_us),
         client_us: delta(cpu_before.client_us, cpu_after.client_us),
+        server_threads_us,
     };
     let uses_flag = matches!(config.protocol, Protocol::Ofrep | Protocol::Flagd);
     let header = Header {
@@ -455,6 +468,7 @@ fn cpu_sample(server_pid: Option<u32>) -> CpuTimes {
     CpuTimes {
         server_us: server_pid.and_then(|pid| cpu_time_us(Some(pid)).ok()),
         client_us: cpu_time_us(None).ok(),
+        server_threads_us: server_pid.and_then(|pid| thread_cpu_us(pid).ok()),
     }
 }
 

@@ -104,6 +104,10 @@ pub struct Report {
     pub server_cpu_us_per_request: Option<f64>,
     /// This load generator's own CPU time per answered request, in microseconds.
     pub client_cpu_us_per_request: Option<f64>,
+    /// The server's CPU time per answered request by thread name (`--server-pid`), in
+    /// microseconds: which threads did the work, e.g. the runtime's workers (the request path)
+    /// against a background writer.
+    pub server_cpu_by_thread_us_per_request: Option<BTreeMap<String, f64>>,
     /// Config swaps made during the run (`--swap-every`).
     pub swaps: Option<SwapReport>,
     #[serde(skip)]
@@ -210,10 +214,12 @@ pub(crate) struct Header {
 }
 
 /// CPU times measured around the window, in microseconds.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct CpuTimes {
     pub server_us: Option<u64>,
     pub client_us: Option<u64>,
+    /// The server's, by thread name.
+    pub server_threads_us: Option<BTreeMap<String, u64>>,
 }
 
 impl Report {
@@ -273,6 +279,15 @@ impl Report {
             server_cpu_us: cpu.server_us,
             server_cpu_us_per_request: per_request(cpu.server_us),
             client_cpu_us_per_request: per_request(cpu.client_us),
+            server_cpu_by_thread_us_per_request: cpu
+                .server_threads_us
+                .filter(|_| answered > 0)
+                .map(|threads| {
+                    threads
+                        .into_iter()
+                        .map(|(name, us)| (name, us as f64 / answered as f64))
+                        .collect()
+                }),
             swaps,
             histogram: stats.histogram,
         }
@@ -394,6 +409,14 @@ impl fmt::Display for Report {
         }
         if let Some(us) = self.server_cpu_us_per_request {
             writeln!(f, "server CPU {us:.1} µs/request")?;
+        }
+        if let Some(threads) = &self.server_cpu_by_thread_us_per_request {
+            let parts: Vec<String> = threads
+                .iter()
+                .filter(|(_, us)| **us >= 0.05)
+                .map(|(name, us)| format!("{name} {us:.1}"))
+                .collect();
+            writeln!(f, "  by thread {} µs/request", parts.join(", "))?;
         }
         if let Some(us) = self.client_cpu_us_per_request {
             writeln!(f, "client CPU {us:.1} µs/request")?;
