@@ -21,8 +21,10 @@
 #
 # With `pairs` (in the default RUNS), native HTTP is also measured $PAIR_ROUNDS times interleaved
 # with the swap and assignment-log runs ($PAIR_DURATION each; the log on a fresh server each
-# round), and those two targets are judged on the medians of the rounds. With `grpc-pairs` (also default), gRPC `Allocate` and the tonic
-# floor alternate the same way, and the gRPC p99 target is also judged on the median round.
+# round). With `grpc-pairs` (also default), gRPC `Allocate` and the tonic floor alternate the
+# same way. When they ran, the p99 targets (HTTP and gRPC p99 < 1 ms, swaps within 1.2×, log
+# within 1.1×) are judged on the medians of the rounds, and the single runs' p99 rows are shown
+# as diagnostics: this VM moves one 10 s run's p99 by 2-3× from one minute to the next.
 #
 # Settings (environment): RATE (10000), BULK_RATE (5000), DURATION (10s), WARMUP (2s),
 # CONNECTIONS (4), SWAP_EVERY (100ms), SERVER_CPU (0), LOAD_CPU (1), PORT_BASE (28000),
@@ -249,36 +251,6 @@ for name, label in runs:
           f"{ms(l['p99_9'])} | {ms(l['max'])} | {x['errors']} | {x['shed']} | {cpu} |")
 cpu = lambda n: r[n]["server_cpu_us_per_request"]
 lat = lambda n, q: r[n]["latency_us"][q]
-rows = []
-def target(needs, name, measured, met):
-    """One target row, if every run it needs was measured (`measured`, `met` are lambdas)."""
-    if all(n in r for n in needs):
-        rows.append((name, measured(), met()))
-sw = lambda: r["swap"]["swaps"]
-target(["http", "floor"], "HTTP CPU/request ≤ 1.5× floor", lambda: f"{cpu('http') / cpu('floor'):.2f}× ({cpu('http'):.1f} vs {cpu('floor'):.1f} µs)", lambda: cpu("http") <= 1.5 * cpu("floor"))
-target(["http"], "HTTP p99 < 1 ms at the rate", lambda: f"{ms(lat('http', 'p99'))} ms", lambda: lat("http", "p99") < 1000)
-target(["http", "floor"], "HTTP p99.9 ≤ 1.5× floor's p99.9", lambda: f"{lat('http', 'p99_9') / lat('floor', 'p99_9'):.2f}× ({ms(lat('http', 'p99_9'))} vs {ms(lat('floor', 'p99_9'))} ms)", lambda: lat("http", "p99_9") <= 1.5 * lat("floor", "p99_9"))
-target(["grpc"], "gRPC p99 < 1 ms", lambda: f"{ms(lat('grpc', 'p99'))} ms ({r['grpc']['errors']} errors)", lambda: lat("grpc", "p99") < 1000 and r["grpc"]["errors"] == 0)
-target(["grpc", "floor"], "gRPC CPU/request ≤ 2× floor", lambda: f"{cpu('grpc') / cpu('floor'):.2f}× ({cpu('grpc'):.1f} vs {cpu('floor'):.1f} µs)", lambda: cpu("grpc") <= 2 * cpu("floor"))
-target(["grpc", "floor-grpc"], "(diagnostic) gRPC CPU/request vs the gRPC floor", lambda: f"{cpu('grpc') / cpu('floor-grpc'):.2f}× ({cpu('grpc'):.1f} vs {cpu('floor-grpc'):.1f} µs)", lambda: True)
-# Issue 7's reference figures (hello-world 9 µs and ~100,000 req/s, the peers' 23 µs and 410-470 µs)
-# are CPU per request at peak, so the bulk target is judged at peak; at a fixed low rate every
-# request also pays a sleep and a wake-up (the floor-bulk row).
-target(["bulk100-max"], "OFREP bulk, 100 flags ≤ 40 µs CPU/request (at peak)", lambda: f"{cpu('bulk100-max'):.1f} µs ({r['bulk100-max']['achieved_rate']:.0f} req/s)", lambda: cpu("bulk100-max") <= 40)
-target(["bulk100-max", "floor-max"], "(diagnostic) OFREP bulk, 100 flags, over the floor at peak", lambda: f"+{cpu('bulk100-max') - cpu('floor-max'):.1f} µs ({cpu('bulk100-max'):.1f} vs {cpu('floor-max'):.1f} µs)", lambda: True)
-target(["bulk100"], "(diagnostic) OFREP bulk, 100 flags, CPU/request at the bulk rate", lambda: f"{cpu('bulk100'):.1f} µs", lambda: True)
-target(["bulk100", "floor-bulk"], "(diagnostic) OFREP bulk, 100 flags, over the floor at the same rate", lambda: f"+{cpu('bulk100') - cpu('floor-bulk'):.1f} µs ({cpu('bulk100'):.1f} vs {cpu('floor-bulk'):.1f} µs)", lambda: True)
-target(["swap"], "swaps every 100 ms: zero errors", lambda: f"{r['swap']['errors']} errors, {sw()['ok']} swaps ok, {sw()['failed']} failed", lambda: r["swap"]["errors"] == 0 and sw()["failed"] == 0 and sw()["ok"] > 0)
-target(["swap", "http"], "swaps: p99 within 1.2× of the same run without", lambda: f"{lat('swap', 'p99') / lat('http', 'p99'):.2f}× ({ms(lat('swap', 'p99'))} vs {ms(lat('http', 'p99'))} ms)", lambda: lat("swap", "p99") <= 1.2 * lat("http", "p99"))
-target(["log", "http"], "assignment log on: p99 within 1.1× of off", lambda: f"{lat('log', 'p99') / lat('http', 'p99'):.2f}× ({ms(lat('log', 'p99'))} vs {ms(lat('http', 'p99'))} ms)", lambda: lat("log", "p99") <= 1.1 * lat("http", "p99"))
-# Which threads the log's CPU lands on: the runtime's workers serve requests; the log's writer
-# thread ("allot-assignment-log", cut to 15 bytes by the kernel) is off the request path.
-thread = lambda x, name: (x.get("server_cpu_by_thread_us_per_request") or {}).get(name, 0.0)
-WORKER, WRITER = "tokio-rt-worker", "allot-assignmen"
-target(["log", "http"], "(diagnostic) assignment log: server CPU/request by thread", lambda: f"workers {thread(r['log'], WORKER):.1f} vs {thread(r['http'], WORKER):.1f} µs off, writer thread {thread(r['log'], WRITER):.1f} µs", lambda: True)
-target([], "idle RSS, demo config < 30 MB", lambda: f"{int(rss['demo']) / 1024:.1f} MiB", lambda: int(rss["demo"]) * 1024 < 30e6)
-if "10k" in rss:
-    target([], "idle RSS, 10,000 experiments < 200 MB", lambda: f"{int(rss['10k']) / 1024:.1f} MiB", lambda: int(rss["10k"]) * 1024 < 200e6)
 pair = {}
 for kind in ("http", "swap", "log", "grpc", "floorgrpc"):
     got = []
@@ -293,6 +265,42 @@ import statistics
 p99s = {k: [x["latency_us"]["p99"] for x in v] for k, v in pair.items()}
 med = {k: statistics.median(v) for k, v in p99s.items()}
 errs = {k: sum(x["errors"] for x in v) for k, v in pair.items()}
+rows = []
+def target(needs, name, measured, met, superseded_by=()):
+    """One target row, if every run it needs was measured (`measured`, `met` are lambdas).
+    A single-run p99 row is shown as a diagnostic when the interleaved rounds in
+    `superseded_by` were measured: those decide (the median of several rounds, alternating)."""
+    if all(n in r for n in needs):
+        if superseded_by and all(k in pair for k in superseded_by):
+            ok = met()
+            rows.append((f"(single run; the interleaved rounds decide) {name}", measured(), "yes" if ok else "no"))
+        else:
+            rows.append((name, measured(), met()))
+sw = lambda: r["swap"]["swaps"]
+target(["http", "floor"], "HTTP CPU/request ≤ 1.5× floor", lambda: f"{cpu('http') / cpu('floor'):.2f}× ({cpu('http'):.1f} vs {cpu('floor'):.1f} µs)", lambda: cpu("http") <= 1.5 * cpu("floor"))
+target(["http"], "HTTP p99 < 1 ms at the rate", lambda: f"{ms(lat('http', 'p99'))} ms", lambda: lat("http", "p99") < 1000, superseded_by=("http", "swap", "log"))
+target(["http", "floor"], "HTTP p99.9 ≤ 1.5× floor's p99.9", lambda: f"{lat('http', 'p99_9') / lat('floor', 'p99_9'):.2f}× ({ms(lat('http', 'p99_9'))} vs {ms(lat('floor', 'p99_9'))} ms)", lambda: lat("http", "p99_9") <= 1.5 * lat("floor", "p99_9"))
+target(["grpc"], "gRPC p99 < 1 ms", lambda: f"{ms(lat('grpc', 'p99'))} ms ({r['grpc']['errors']} errors)", lambda: lat("grpc", "p99") < 1000 and r["grpc"]["errors"] == 0, superseded_by=("grpc", "floorgrpc"))
+target(["grpc", "floor"], "gRPC CPU/request ≤ 2× floor", lambda: f"{cpu('grpc') / cpu('floor'):.2f}× ({cpu('grpc'):.1f} vs {cpu('floor'):.1f} µs)", lambda: cpu("grpc") <= 2 * cpu("floor"))
+target(["grpc", "floor-grpc"], "(diagnostic) gRPC CPU/request vs the gRPC floor", lambda: f"{cpu('grpc') / cpu('floor-grpc'):.2f}× ({cpu('grpc'):.1f} vs {cpu('floor-grpc'):.1f} µs)", lambda: True)
+# Issue 7's reference figures (hello-world 9 µs and ~100,000 req/s, the peers' 23 µs and 410-470 µs)
+# are CPU per request at peak, so the bulk target is judged at peak; at a fixed low rate every
+# request also pays a sleep and a wake-up (the floor-bulk row).
+target(["bulk100-max"], "OFREP bulk, 100 flags ≤ 40 µs CPU/request (at peak)", lambda: f"{cpu('bulk100-max'):.1f} µs ({r['bulk100-max']['achieved_rate']:.0f} req/s)", lambda: cpu("bulk100-max") <= 40)
+target(["bulk100-max", "floor-max"], "(diagnostic) OFREP bulk, 100 flags, over the floor at peak", lambda: f"+{cpu('bulk100-max') - cpu('floor-max'):.1f} µs ({cpu('bulk100-max'):.1f} vs {cpu('floor-max'):.1f} µs)", lambda: True)
+target(["bulk100"], "(diagnostic) OFREP bulk, 100 flags, CPU/request at the bulk rate", lambda: f"{cpu('bulk100'):.1f} µs", lambda: True)
+target(["bulk100", "floor-bulk"], "(diagnostic) OFREP bulk, 100 flags, over the floor at the same rate", lambda: f"+{cpu('bulk100') - cpu('floor-bulk'):.1f} µs ({cpu('bulk100'):.1f} vs {cpu('floor-bulk'):.1f} µs)", lambda: True)
+target(["swap"], "swaps every 100 ms: zero errors", lambda: f"{r['swap']['errors']} errors, {sw()['ok']} swaps ok, {sw()['failed']} failed", lambda: r["swap"]["errors"] == 0 and sw()["failed"] == 0 and sw()["ok"] > 0)
+target(["swap", "http"], "swaps: p99 within 1.2× of the same run without", lambda: f"{lat('swap', 'p99') / lat('http', 'p99'):.2f}× ({ms(lat('swap', 'p99'))} vs {ms(lat('http', 'p99'))} ms)", lambda: lat("swap", "p99") <= 1.2 * lat("http", "p99"), superseded_by=("http", "swap", "log"))
+target(["log", "http"], "assignment log on: p99 within 1.1× of off", lambda: f"{lat('log', 'p99') / lat('http', 'p99'):.2f}× ({ms(lat('log', 'p99'))} vs {ms(lat('http', 'p99'))} ms)", lambda: lat("log", "p99") <= 1.1 * lat("http", "p99"), superseded_by=("http", "swap", "log"))
+# Which threads the log's CPU lands on: the runtime's workers serve requests; the log's writer
+# thread ("allot-assignment-log", cut to 15 bytes by the kernel) is off the request path.
+thread = lambda x, name: (x.get("server_cpu_by_thread_us_per_request") or {}).get(name, 0.0)
+WORKER, WRITER = "tokio-rt-worker", "allot-assignmen"
+target(["log", "http"], "(diagnostic) assignment log: server CPU/request by thread", lambda: f"workers {thread(r['log'], WORKER):.1f} vs {thread(r['http'], WORKER):.1f} µs off, writer thread {thread(r['log'], WRITER):.1f} µs", lambda: True)
+target([], "idle RSS, demo config < 30 MB", lambda: f"{int(rss['demo']) / 1024:.1f} MiB", lambda: int(rss["demo"]) * 1024 < 30e6)
+if "10k" in rss:
+    target([], "idle RSS, 10,000 experiments < 200 MB", lambda: f"{int(rss['10k']) / 1024:.1f} MiB", lambda: int(rss["10k"]) * 1024 < 200e6)
 def rounds_table(kinds):
     rounds = len(pair[kinds[0][0]])
     print(f"\nInterleaved rounds (p99 ms per round; {rounds} rounds):\n")
@@ -308,6 +316,7 @@ if all(k in pair for k in ("http", "swap", "log")):
     rounds_table([("http", "native HTTP"), ("swap", "with a swap every 100 ms"), ("log", "with the assignment log")])
     swaps_ok = sum((x.get("swaps") or {}).get("ok", 0) for x in pair["swap"])
     swaps_failed = sum((x.get("swaps") or {}).get("failed", 0) for x in pair["swap"])
+    target([], "(interleaved) HTTP: median p99 < 1 ms at the rate", lambda: f"{ms(med['http'])} ms ({errs['http']} errors)", lambda: med["http"] < 1000 and errs["http"] == 0)
     target([], "(interleaved) swaps: zero errors", lambda: f"{errs['swap']} errors, {swaps_ok} swaps ok, {swaps_failed} failed", lambda: errs["swap"] == 0 and swaps_failed == 0 and swaps_ok > 0)
     target([], "(interleaved) swaps: median p99 within 1.2× of without", lambda: f"{med['swap'] / med['http']:.2f}× ({ms(med['swap'])} vs {ms(med['http'])} ms)", lambda: med["swap"] <= 1.2 * med["http"])
     target([], "(interleaved) assignment log on: median p99 within 1.1× of off", lambda: f"{med['log'] / med['http']:.2f}× ({ms(med['log'])} vs {ms(med['http'])} ms)", lambda: med["log"] <= 1.1 * med["http"])
@@ -317,6 +326,7 @@ print()
 print("| target (issue 7) | measured | met? |")
 print("|---|---|---|")
 for name, measured, met in rows:
-    print(f"| {name} | {measured} | {'yes' if met else '**no**'} |")
+    verdict = met if isinstance(met, str) else ("yes" if met else "**no**")
+    print(f"| {name} | {measured} | {verdict} |")
 print(f"\nJSON reports in {out}")
 PY
