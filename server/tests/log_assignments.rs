@@ -11,7 +11,7 @@ use allot::{Config, Context};
 use allot_server::app;
 use allot_server::log::{self, Options, Target};
 use allot_server::metrics::Metrics;
-use allot_server::service::RequestMeta;
+use allot_server::service::{RequestMeta, Service};
 use allot_server::settings::Settings;
 use http_support::{CONFIG, service, store_with};
 use serde_json::Value;
@@ -23,6 +23,15 @@ fn options(path: &std::path::Path, queue: usize) -> Options {
         capacity: 100_000,
         queue,
     }
+}
+
+/// A service over `store` with the log open as `options` says (no metrics), and its writer.
+fn logged(
+    store: &std::sync::Arc<allot_server::state::ConfigStore>,
+    options: &Options,
+) -> (Service, log::Writer) {
+    let (log, writer) = log::open(options, None).unwrap();
+    (service(store).with_assignment_log(log), writer)
 }
 
 fn read_lines(path: &std::path::Path) -> Vec<Value> {
@@ -220,8 +229,7 @@ experiments:
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pairs.jsonl");
     let store = store_with(TWO);
-    let (log, writer) = log::open(&options(&path, 100), None).unwrap();
-    let svc = service(&store).with_assignment_log(log);
+    let (svc, writer) = logged(&store, &options(&path, 100));
     let us = Context::with_targeting_key("m-1").with("country", "US");
     let se = Context::with_targeting_key("m-1").with("country", "SE");
     for ctx in [&us, &us, &se, &se, &us, &se] {
@@ -252,15 +260,13 @@ async fn an_entry_is_logged_again_after_its_ttl() {
     let path = dir.path().join("ttl.jsonl");
     let store = store_with(CONFIG);
     let ttl = Duration::from_millis(50);
-    let (log, writer) = log::open(
+    let (svc, writer) = logged(
+        &store,
         &Options {
             ttl,
             ..options(&path, 100)
         },
-        None,
-    )
-    .unwrap();
-    let svc = service(&store).with_assignment_log(log);
+    );
     let run = || {
         svc.allocate_with(&ctx(7), &[], &[], RequestMeta::http(None), |_| ())
             .unwrap()
@@ -289,15 +295,13 @@ async fn past_its_capacity_the_cache_forgets_and_logs_again() {
     let path = dir.path().join("capacity.jsonl");
     let store = store_with(CONFIG);
     let capacity = 16;
-    let (log, writer) = log::open(
+    let (svc, writer) = logged(
+        &store,
         &Options {
             capacity,
             ..options(&path, 10_000)
         },
-        None,
-    )
-    .unwrap();
-    let svc = service(&store).with_assignment_log(log);
+    );
     let pass = || {
         for i in 0..2_000 {
             svc.allocate_with(&ctx(i), &[], &[], RequestMeta::http(None), |_| ())
