@@ -237,12 +237,11 @@ impl AssignmentLog {
             }
         }
     }
-}
 
-impl AssignmentLog {
     /// Whether the entry `key` is new (never seen, evicted, or expired at `now`), in which case
     /// it is remembered until `now + ttl`. Of two requests racing on one new entry, one claims
-    /// it; the other does not wait (a zero timeout) and counts it as seen.
+    /// it; the other does not wait (a zero timeout) and counts it as seen. Two racing on an
+    /// expired entry may both renew it: at worst a duplicate line, never a missing one.
     fn claim(&self, key: u128, now: u64) -> bool {
         let expiry = now.saturating_add(self.ttl_ms);
         match self.seen.get_value_or_guard(&key, Some(Duration::ZERO)) {
