@@ -110,14 +110,16 @@ mod tests {
         let burner = std::thread::Builder::new()
             .name("cpu-test-burner".into())
             .spawn(move || {
-                // Spin until this thread has used some CPU, then stay alive to be read.
+                // Spin until this thread has used some CPU (bounded: a reader that never sees
+                // it fails the assertion below instead of hanging), then stay alive to be read.
                 let mut x = 0u64;
-                while thread_cpu_us(std::process::id())
-                    .ok()
-                    .and_then(|m| m.get("cpu-test-burner").copied())
-                    .unwrap_or(0)
-                    < 1_000
-                {
+                for _ in 0..10_000 {
+                    let used = thread_cpu_us(std::process::id())
+                        .ok()
+                        .and_then(|m| m.get("cpu-test-burner").copied());
+                    if used.unwrap_or(0) >= 1_000 {
+                        break;
+                    }
                     for i in 0..100_000u64 {
                         x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
                     }
@@ -130,7 +132,8 @@ mod tests {
         let by_name = thread_cpu_us(std::process::id()).unwrap();
         done_tx.send(()).unwrap();
         burner.join().unwrap();
-        assert!(by_name["cpu-test-burner"] >= 1_000, "{by_name:?}");
+        let burned = by_name.get("cpu-test-burner").copied().unwrap_or(0);
+        assert!(burned >= 1_000, "{by_name:?}");
         assert!(thread_cpu_us(u32::MAX).is_err());
     }
 }
