@@ -23,11 +23,21 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "e2e-admin-token"
 
 
-def free_port() -> int:
-    """A port that was free a moment ago (bind to 0, read it, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports that were free a moment ago: all bound to 0 at once (so no two are
+    the same), then closed."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+# Attempts at starting a server whose ports another process took first.
+START_ATTEMPTS = 3
 
 
 def post_json(url: str, body: dict, headers: dict | None = None) -> tuple[int, dict, dict]:
@@ -54,20 +64,29 @@ class Server:
         binary = os.environ.get("ALLOT_SERVER_BIN", str(REPO / "target/debug/allot-server"))
         if not os.path.exists(binary):
             raise RuntimeError(f"server binary {binary} not found; build it with cargo build -p allot-server")
-        self.http_port, self.grpc_port, self.mgmt_port = free_port(), free_port(), free_port()
-        self.log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                "--http-addr", f"127.0.0.1:{self.http_port}",
-                "--grpc-addr", f"127.0.0.1:{self.grpc_port}",
-                "--mgmt-addr", f"127.0.0.1:{self.mgmt_port}",
-                *extra,
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        self._wait_ready()
+        for attempt in range(1, START_ATTEMPTS + 1):
+            self.http_port, self.grpc_port, self.mgmt_port = free_ports(3)
+            self.log = tempfile.TemporaryFile()
+            self.proc = subprocess.Popen(
+                [
+                    binary,
+                    "--http-addr", f"127.0.0.1:{self.http_port}",
+                    "--grpc-addr", f"127.0.0.1:{self.grpc_port}",
+                    "--mgmt-addr", f"127.0.0.1:{self.mgmt_port}",
+                    *extra,
+                ],
+                stdout=self.log,
+                stderr=subprocess.STDOUT,
+            )
+            try:
+                self._wait_ready()
+                return
+            except RuntimeError:
+                # Between free_ports closing a port and the server binding it, another process
+                # may take it: start again on new ports.
+                if attempt < START_ATTEMPTS and "Address already in use" in self.output():
+                    continue
+                raise
 
     @property
     def http(self) -> str:

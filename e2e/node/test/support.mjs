@@ -15,17 +15,23 @@ export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '../../..')
 export const ADMIN_TOKEN = 'e2e-admin-token';
 export const DEMO = readFileSync(resolve(REPO, 'server/src/demo.yaml'), 'utf8');
 
-/** A port that was free a moment ago (listen on 0, read it, close). */
-export function freePort() {
-  return new Promise((ok, fail) => {
+/**
+ * `n` distinct ports that were free a moment ago: all listen on 0 at once (so no two are the
+ * same), then close.
+ */
+export async function freePorts(n) {
+  const listeners = await Promise.all(Array.from({ length: n }, () => new Promise((ok, fail) => {
     const s = createServer();
     s.once('error', fail);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => ok(port));
-    });
-  });
+    s.listen(0, '127.0.0.1', () => ok(s));
+  })));
+  const ports = listeners.map((s) => s.address().port);
+  await Promise.all(listeners.map((s) => new Promise((ok) => s.close(ok))));
+  return ports;
 }
+
+/** Attempts at starting a server whose ports another process took first. */
+const START_ATTEMPTS = 3;
 
 /** POST `body` as JSON; resolves to { status, headers, body } with the body decoded. */
 export async function postJson(url, body, headers = {}) {
@@ -46,8 +52,23 @@ export class Server {
     if (!existsSync(binary)) {
       throw new Error(`server binary ${binary} not found; build it with cargo build -p allot-server`);
     }
+    for (let attempt = 1; ; attempt++) {
+      const s = await Server.spawn(binary, extra);
+      try {
+        await s.waitReady();
+        return s;
+      } catch (e) {
+        // Between freePorts closing a port and the server binding it, another process may
+        // take it: start again on new ports.
+        if (attempt < START_ATTEMPTS && s.output.includes('Address already in use')) continue;
+        throw e;
+      }
+    }
+  }
+
+  static async spawn(binary, extra) {
     const s = new Server();
-    [s.httpPort, s.grpcPort, s.mgmtPort] = [await freePort(), await freePort(), await freePort()];
+    [s.httpPort, s.grpcPort, s.mgmtPort] = await freePorts(3);
     s.output = '';
     s.proc = spawn(
       binary,
@@ -63,7 +84,6 @@ export class Server {
     for (const stream of [s.proc.stdout, s.proc.stderr]) {
       stream.on('data', (chunk) => { s.output += chunk; });
     }
-    await s.waitReady();
     return s;
   }
 
