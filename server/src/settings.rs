@@ -81,9 +81,15 @@ pub struct Settings {
     )]
     pub assignment_log_capacity: u64,
 
-    /// Assignment log lines that may wait for the writer; past it lines are dropped and counted.
-    #[arg(long, env = "ALLOT_ASSIGNMENT_LOG_QUEUE", default_value_t = 65_536,
-          value_parser = queue_len)]
+    /// Assignment log lines that may wait for the writer (1 to [`log::MAX_QUEUE`]); past it
+    /// lines are dropped and counted.
+    #[arg(
+        long,
+        env = "ALLOT_ASSIGNMENT_LOG_QUEUE",
+        default_value_t = 65_536,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new()
+            .range(1..=log::MAX_QUEUE as u64)
+    )]
     pub assignment_log_queue: usize,
 
     /// Byte budget of the `allot` baggage member; past it allocations are dropped and counted.
@@ -168,17 +174,6 @@ pub struct Settings {
     /// How long a TLS handshake may take before the connection is dropped.
     #[arg(long, env = "ALLOT_TLS_HANDSHAKE_TIMEOUT", default_value = "10s")]
     pub tls_handshake_timeout: humantime::Duration,
-}
-
-/// `--assignment-log-queue`: 1 to 16,777,216 lines.
-fn queue_len(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(n) if (1..=1 << 24).contains(&n) => Ok(n),
-        _ => Err(format!(
-            "`{s}` is not a number of lines from 1 to {}",
-            1 << 24
-        )),
-    }
 }
 
 // === impl Settings ===
