@@ -82,16 +82,98 @@ impl<const ROUNDS: usize> Prepared<ROUNDS> {
     pub(crate) fn hash(&self, seed: u64) -> u64 {
         let mut acc = self.acc;
         for (input, secret) in self.chunks.iter().zip(&SECRET).take(2 * ROUNDS) {
-            // XXH3_mix16B: XXH3_mul128_fold64 of the chunk's words keyed by the seeded secret.
-            let lo = input[0] ^ secret[0].wrapping_add(seed);
-            let hi = input[1] ^ secret[1].wrapping_sub(seed);
-            let product = u128::from(lo) * u128::from(hi);
-            acc = acc.wrapping_add((product as u64) ^ ((product >> 64) as u64));
+            acc = acc.wrapping_add(mix16(*input, *secret, seed));
         }
-        // XXH3_avalanche.
-        let h = (acc ^ (acc >> 37)).wrapping_mul(0x1656_6791_9E37_79F9);
-        h ^ (h >> 32)
+        avalanche(acc)
     }
+}
+
+/// Two seeds prepared for hashing one unit under both: [`SeedPair::hash`] is exactly
+/// `(hash(a, unit), hash(b, unit))`.
+///
+/// `resolve` hashes the unit with a flag's layer seed and its experiment's cell seed. For units
+/// of 17 to 128 bytes (UUIDs, ULIDs, hex ids) XXH3 keys each 16-byte chunk of the unit with the
+/// secret plus or minus the seed; those keys are computed here once per seed, when a config is
+/// compiled, so a hash reads each word of the unit once and keys it with one load. Other lengths
+/// hash through xxhash-rust.
+#[derive(Debug, Clone)]
+pub(crate) struct SeedPair {
+    seeds: [u64; 2],
+    /// For secret chunk `i`: `[lo_a, hi_a, lo_b, hi_b]`, `lo = SECRET[i][0] + seed` and
+    /// `hi = SECRET[i][1] - seed`, so a unit of one round reads only the first two lines.
+    keys: [[u64; 4]; 8],
+}
+
+impl SeedPair {
+    pub(crate) fn new(a: u64, b: u64) -> Self {
+        let mut keys = [[0; 4]; 8];
+        for (k, secret) in keys.iter_mut().zip(&SECRET) {
+            *k = [
+                secret[0].wrapping_add(a),
+                secret[1].wrapping_sub(a),
+                secret[0].wrapping_add(b),
+                secret[1].wrapping_sub(b),
+            ];
+        }
+        SeedPair {
+            seeds: [a, b],
+            keys,
+        }
+    }
+
+    /// `(hash(a, unit), hash(b, unit))`.
+    #[inline(always)]
+    pub(crate) fn hash(&self, unit: &str) -> (u64, u64) {
+        let bytes = unit.as_bytes();
+        match bytes.len() {
+            17..=32 => self.keyed::<1>(bytes),
+            33..=64 => self.keyed::<2>(bytes),
+            65..=96 => self.keyed::<3>(bytes),
+            97..=128 => self.keyed::<4>(bytes),
+            _ => (hash(self.seeds[0], unit), hash(self.seeds[1], unit)),
+        }
+    }
+
+    /// XXH3_len_17to128_64b (as [`Prepared::hash`]) under both seeds, for a unit of
+    /// `17 + 32 * (ROUNDS - 1)` to `32 * ROUNDS` bytes.
+    #[inline(always)]
+    fn keyed<const ROUNDS: usize>(&self, unit: &[u8]) -> (u64, u64) {
+        let len = unit.len();
+        // `len` <= 128, so the widening is lossless.
+        let mut acc = [(len as u64).wrapping_mul(PRIME64_1); 2];
+        for (r, keys) in self.keys.chunks_exact(2).take(ROUNDS).enumerate() {
+            let (from_start, from_end) = (16 * r, len - 16 * (r + 1));
+            let chunks = [from_start, from_end].map(|at| [read64(unit, at), read64(unit, at + 8)]);
+            for (c, k) in chunks.iter().zip(keys) {
+                acc[0] = acc[0].wrapping_add(fold(c[0] ^ k[0], c[1] ^ k[1]));
+                acc[1] = acc[1].wrapping_add(fold(c[0] ^ k[2], c[1] ^ k[3]));
+            }
+        }
+        (avalanche(acc[0]), avalanche(acc[1]))
+    }
+}
+
+/// XXH3_mix16B: XXH3_mul128_fold64 of a 16-byte chunk's words keyed by the seeded secret.
+#[inline(always)]
+fn mix16(input: [u64; 2], secret: [u64; 2], seed: u64) -> u64 {
+    fold(
+        input[0] ^ secret[0].wrapping_add(seed),
+        input[1] ^ secret[1].wrapping_sub(seed),
+    )
+}
+
+/// XXH3_mul128_fold64.
+#[inline(always)]
+fn fold(lo: u64, hi: u64) -> u64 {
+    let product = u128::from(lo) * u128::from(hi);
+    (product as u64) ^ ((product >> 64) as u64)
+}
+
+/// XXH3_avalanche.
+#[inline(always)]
+fn avalanche(acc: u64) -> u64 {
+    let h = (acc ^ (acc >> 37)).wrapping_mul(0x1656_6791_9E37_79F9);
+    h ^ (h >> 32)
 }
 
 fn read64(b: &[u8], at: usize) -> u64 {
@@ -155,17 +237,21 @@ mod tests {
         hashes.into_iter().flatten().next()
     }
 
-    /// Every length from 0 to 300, with bytes and seeds from a fixed xorshift stream, against
-    /// xxhash-rust: prepared exactly for 17 to 128 bytes, and then bit-identical.
-    #[test]
-    fn prepared_hash_is_xxh3_for_every_length() {
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = move || {
+    /// A fixed pseudo-random stream (xorshift64) for test inputs.
+    fn xorshift(mut x: u64) -> impl FnMut() -> u64 {
+        move || {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
             x
-        };
+        }
+    }
+
+    /// Every length from 0 to 300, with bytes and seeds from a fixed xorshift stream, against
+    /// xxhash-rust: prepared exactly for 17 to 128 bytes, and then bit-identical.
+    #[test]
+    fn prepared_hash_is_xxh3_for_every_length() {
+        let mut next = xorshift(0x9E37_79B9_7F4A_7C15);
         for len in 0..=300 {
             for _ in 0..20 {
                 let unit: Vec<u8> = (0..len).map(|_| next() as u8).collect();
@@ -185,7 +271,37 @@ mod tests {
         }
     }
 
+    /// `SeedPair::hash` against two calls of xxhash-rust, for every length from 0 to 300.
+    #[test]
+    fn seed_pair_is_two_hashes_for_every_length() {
+        let mut next = xorshift(0x2545_F491_4F6C_DD1D);
+        for len in 0..=300 {
+            for _ in 0..20 {
+                // ASCII, so every byte string is a `str`; XXH3 reads bytes either way.
+                let unit: String = (0..len)
+                    .map(|_| char::from(b'!' + next() as u8 % 94))
+                    .collect();
+                let (a, b) = (next(), next());
+                for (a, b) in [(a, b), (0, u64::MAX), (1 << 63, 1), (a, a)] {
+                    assert_eq!(
+                        SeedPair::new(a, b).hash(&unit),
+                        (
+                            xxh3_64_with_seed(unit.as_bytes(), a),
+                            xxh3_64_with_seed(unit.as_bytes(), b)
+                        ),
+                        "len {len} seeds {a:#x} {b:#x} unit {unit:?}"
+                    );
+                }
+            }
+        }
+    }
+
     proptest! {
+        #[test]
+        fn seed_pair_matches_xxh3(unit in ".{0,200}", a in any::<u64>(), b in any::<u64>()) {
+            prop_assert_eq!(SeedPair::new(a, b).hash(&unit), (hash(a, &unit), hash(b, &unit)));
+        }
+
         #[test]
         fn prepared_hash_matches_xxh3(
             unit in proptest::collection::vec(any::<u8>(), 0..=300),

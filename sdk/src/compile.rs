@@ -8,17 +8,17 @@
 use std::collections::HashMap;
 
 use foldhash::fast::FixedState;
-use hashbrown::HashTable;
 use serde_json::{Number, Value};
 
-use crate::bucket::{scale, seed};
+use crate::bucket::{SeedPair, scale, seed};
 use crate::condition::{Compiler, Condition};
 use crate::config::{Config, DEFAULT_BUCKETS, FlagConfig, FlagType, RuleConfig};
 use crate::error::{ConfigError, ConfigErrors, ErrorKind, json_type};
 use crate::id::{is_valid_flag_key, is_valid_id};
+use crate::key_index::KeyIndex;
 use crate::snapshot::{
     Action, Cell, DEFAULT_UNIT, Direct, Experiment, Flag, Holdout, Layer, NO_VARIANT, Owner, Rule,
-    Snapshot, UNCONDITIONAL, key_hash,
+    Snapshot, UNCONDITIONAL,
 };
 
 /// Id tables of one compile (duplicate checks, references by id): a fixed-seed hasher, as ids
@@ -449,11 +449,15 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
     let mut flag_layers: Vec<u32> = flag_layer.iter().flatten().copied().collect();
     flag_layers.sort_unstable();
     flag_layers.dedup();
+    let targeting_unit = unit_keys
+        .binary_search(&DEFAULT_UNIT)
+        .ok()
+        .map(|i| i as u32);
     for (flag, li) in flags.iter_mut().zip(flag_layer) {
         if let Some(li) = li {
             flag.slot = flag_layers.binary_search(&li).unwrap_or_default() as u32;
             flag.layer = layers.get(li as usize).map(|layer| (li, layer.clone()));
-            flag.direct = direct(flag, &layers, li, &bounds, &owners, &cells);
+            flag.direct = direct(flag, &layers, li, &bounds, &owners, &cells, targeting_unit);
         }
     }
 
@@ -461,12 +465,7 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
     if !cx.errors.is_empty() {
         return Err(ConfigErrors(cx.errors));
     }
-    let mut flag_index = HashTable::with_capacity(flags.len());
-    for f in &flags {
-        flag_index.insert_unique(key_hash(&f.key), f.index, |&i| {
-            flags.get(i as usize).map_or(0, |f| key_hash(&f.key))
-        });
-    }
+    let flag_index = KeyIndex::new(flags.iter().map(|f| &*f.key));
     Ok(Snapshot {
         revision,
         content_hash: config.content_hash(),
@@ -482,10 +481,7 @@ pub fn compile(config: &Config, revision: u64) -> Result<Snapshot, ConfigErrors>
         flags: flags.into(),
         flag_index,
         flag_layers: flag_layers.into(),
-        targeting_unit: unit_keys
-            .binary_search(&DEFAULT_UNIT)
-            .ok()
-            .map(|i| i as u32),
+        targeting_unit,
         unit_keys: unit_keys.iter().map(|&k| Box::from(k)).collect(),
     })
 }
@@ -707,7 +703,8 @@ impl Cx<'_> {
 }
 
 /// The [`Direct`] plan of `flag` in layer `li`: when exactly one of the layer's owned ranges
-/// belongs to an experiment with a cell that sets the flag.
+/// belongs to an experiment with a cell that sets the flag. `targeting` is the index of
+/// `targetingKey` among the unit keys.
 fn direct(
     flag: &Flag,
     layers: &[Layer],
@@ -715,6 +712,7 @@ fn direct(
     bounds: &[(u32, u32)],
     owners: &[Owner],
     cells: &[Cell],
+    targeting: Option<u32>,
 ) -> Option<Direct> {
     let layer = layers.get(li as usize)?;
     let range = layer.first as usize..(layer.first + layer.len) as usize;
@@ -746,6 +744,10 @@ fn direct(
         owner: owner.clone(),
         index: index as u32,
         end,
+        seeds: SeedPair::new(layer.seed, owner.seed),
+        buckets: layer.buckets,
+        layer_id: layer.id.clone(),
+        quick: flag.enabled && layer.holdouts.is_empty() && Some(layer.unit) == targeting,
         variants,
     })
 }
@@ -848,5 +850,37 @@ mod tests {
             ]))
             .is_none()
         );
+    }
+
+    /// `resolve`'s short path is taken exactly for enabled flags whose layer hashes
+    /// `targetingKey` and has no holdout.
+    #[test]
+    fn the_short_path_is_for_targeting_key_layers_without_holdouts() {
+        let quick = |layer: serde_json::Value, holdouts: serde_json::Value, enabled: bool| {
+            let doc = serde_json::json!({
+                "layers": [layer],
+                "holdouts": holdouts,
+                "experiments": [{ "id": "e", "layer": "home", "ranges": ["0..10000"],
+                                  "cells": [{ "id": "a", "flags": { "f": "on" } }] }],
+                "flags": [{ "key": "f", "type": "bool", "enabled": enabled,
+                            "variants": { "on": true, "off": false }, "default": "off" }],
+            });
+            let snap = compile(&serde_json::from_value(doc).unwrap(), 1).unwrap();
+            direct_of(&snap).expect("one range sets f").quick
+        };
+        let home = serde_json::json!({ "id": "home" });
+        let none = serde_json::json!([]);
+        assert!(quick(home.clone(), none.clone(), true));
+        assert!(!quick(home.clone(), none.clone(), false), "disabled");
+        assert!(
+            !quick(
+                serde_json::json!({ "id": "home", "unit": "device_id" }),
+                none,
+                true
+            ),
+            "another unit"
+        );
+        let held = serde_json::json!([{ "id": "h", "layers": ["home"], "ranges": ["0..100"] }]);
+        assert!(!quick(home, held, true), "a holdout covers the layer");
     }
 }

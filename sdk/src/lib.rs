@@ -45,6 +45,7 @@ pub mod config;
 mod context;
 mod error;
 pub mod id;
+mod key_index;
 #[cfg(feature = "openfeature")]
 pub mod openfeature;
 #[cfg(feature = "otel")]

@@ -4,18 +4,16 @@
 //! Everything here is read-only and allocation-free in the common case: seeds are precomputed,
 //! ranges sorted, references resolved to indices. Must not do I/O, read a clock or use an RNG.
 
-use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use foldhash::fast::FixedState;
-use hashbrown::HashTable;
 use serde_json::Value;
 use smallvec::SmallVec;
 
-use crate::bucket::{Prepared, hash, scale};
+use crate::bucket::{Prepared, SeedPair, hash, scale};
 use crate::condition::Condition;
 use crate::config::{Config, FlagType};
 use crate::context::{Context, TARGETING_KEY, UnitError, short_eq};
+use crate::key_index::KeyIndex;
 
 /// Inline capacity for per-request lists: no heap allocation for units in up to 8 layers.
 const INLINE: usize = 8;
@@ -72,9 +70,9 @@ pub struct Snapshot {
     pub(crate) cell_names: Box<[Box<str>]>,
     pub(crate) holdouts: Box<[Holdout]>,
     pub(crate) flags: Box<[Flag]>,
-    /// Flag key → index into `flags`, hashed by [`key_hash`] and compared with `short_eq`
-    /// (word compares instead of a `memcmp` call for keys up to 16 bytes).
-    pub(crate) flag_index: HashTable<u32>,
+    /// Flag key → index into `flags`, confirmed with `short_eq` (word compares instead of a
+    /// `memcmp` call for keys up to 16 bytes).
+    pub(crate) flag_index: KeyIndex,
     /// Distinct layers that drive at least one flag, ascending.
     pub(crate) flag_layers: Box<[u32]>,
     /// Distinct context keys used as units by layers, holdouts and rollouts, sorted.
@@ -198,6 +196,14 @@ pub(crate) struct Direct {
     pub(crate) index: u32,
     /// The range's exclusive end (its start is `owner.start`).
     pub(crate) end: u32,
+    /// The layer's seed and the owner's cell seed, keyed for hashing the unit under both.
+    pub(crate) seeds: SeedPair,
+    /// The layer's bucket count and id.
+    pub(crate) buckets: u32,
+    pub(crate) layer_id: Box<str>,
+    /// Whether `resolve` takes the plan's short path: the flag is enabled, no holdout covers
+    /// the layer, and the layer's unit is `targetingKey` (the usual flag).
+    pub(crate) quick: bool,
     /// The flag's variant in the experiment's first two cells, or [`NO_VARIANT`] where the
     /// cell leaves the flag unset.
     pub(crate) variants: [u32; 2],
@@ -476,11 +482,11 @@ impl Snapshot {
     }
 
     /// The value of flag `key` for the context.
-    #[inline]
+    #[inline(always)]
     pub fn resolve<'s>(&'s self, key: &str, ctx: &Context) -> Result<Resolution<'s>, FlagNotFound> {
         match self.flag(key) {
-            Some(flag) => Ok(self.view_of(flag, self.resolve_flag(flag, ctx))),
-            None => Err(FlagNotFound(key.to_owned())),
+            Some(flag) => self.resolve_ok(flag, ctx),
+            None => Err(not_found(key)),
         }
     }
 
@@ -496,15 +502,14 @@ impl Snapshot {
 
     /// [`Snapshot::resolve`] by handle. A handle made by a snapshot of another config is
     /// rejected (`StaleFlagId`), never read as some other flag.
+    #[inline(always)]
     pub fn resolve_id<'s>(
         &'s self,
         id: FlagId,
         ctx: &Context,
     ) -> Result<Resolution<'s>, StaleFlagId> {
         match self.flags.get(id.index as usize) {
-            Some(flag) if id.config == self.content_hash => {
-                Ok(self.view_of(flag, self.resolve_flag(flag, ctx)))
-            }
+            Some(flag) if id.config == self.content_hash => self.resolve_ok(flag, ctx),
             _ => Err(StaleFlagId(id)),
         }
     }
@@ -553,6 +558,53 @@ impl Snapshot {
         r
     }
 
+    /// `Ok(view_of(resolve_flag(..)))`, for `resolve` and `resolve_id`. The usual flag (see
+    /// [`Direct::quick`]) is named where it is found, in a short path; everything else is
+    /// evaluated out of line. Both end in one construction of the answer, in place: a merge of
+    /// two whole `Resolution`s would copy it through the stack, and the copy's wide loads of
+    /// narrow stores stall store forwarding.
+    #[inline(always)]
+    fn resolve_ok<'s, E>(&'s self, flag: &'s Flag, ctx: &Context) -> Result<Resolution<'s>, E> {
+        let (variant, reason, error, assignment) = match &flag.direct {
+            Some(d)
+                if d.quick
+                    && let Ok(unit) = ctx.targeting_unit()
+                    && let Some((bucket, k, variant)) = self.direct_pick(flag, d, unit, ctx) =>
+            {
+                let assignment = Assignment {
+                    layer: &d.layer_id,
+                    experiment: &d.owner.experiment_id,
+                    cell: self.cell_name(&d.owner, k),
+                    bucket,
+                };
+                (variant, Reason::Split, None, Some(assignment))
+            }
+            _ => {
+                let raw = self.resolve_slow(flag, ctx);
+                (
+                    raw.variant,
+                    raw.reason,
+                    raw.error,
+                    raw.hit.map(|hit| self.named(hit)),
+                )
+            }
+        };
+        let mut r = flag.resolution(variant, reason);
+        r.error = error;
+        r.assignment = assignment;
+        Ok(r)
+    }
+
+    /// [`Snapshot::resolve_ok`] past its short path.
+    #[inline(never)]
+    fn resolve_slow(&self, flag: &Flag, ctx: &Context) -> Raw {
+        match &flag.direct {
+            // The short path found no cell: that plan's one range is all that could set it.
+            Some(d) if d.quick => self.finish(flag, None, ctx, |u| self.unit_of(u, ctx)),
+            _ => self.resolve_flag(flag, ctx),
+        }
+    }
+
     #[inline(always)]
     fn resolve_flag(&self, flag: &Flag, ctx: &Context) -> Raw {
         if !flag.enabled {
@@ -572,7 +624,7 @@ impl Snapshot {
             }
             match &flag.direct {
                 Some(direct) => {
-                    if let Some(raw) = self.direct(flag, direct, *li, layer, unit, ctx) {
+                    if let Some(raw) = self.direct(flag, direct, *li, unit, ctx) {
                         return raw;
                     }
                 }
@@ -585,19 +637,34 @@ impl Snapshot {
     /// The flag's variant from its one setting range (see [`Direct`]), or `None` when the
     /// unit is outside it, not eligible, or in a cell that leaves the flag unset.
     #[inline(always)]
-    fn direct(
+    fn direct(&self, flag: &Flag, d: &Direct, li: u32, unit: &str, ctx: &Context) -> Option<Raw> {
+        let owner = &d.owner;
+        let (bucket, k, variant) = self.direct_pick(flag, d, unit, ctx)?;
+        let mut r = flag.raw(variant, Reason::Split);
+        r.hit = Some(Hit {
+            layer: li,
+            owner: d.index,
+            cell: owner.first_cell + k,
+            bucket,
+        });
+        Some(r)
+    }
+
+    /// The unit's bucket, cell position and the flag's variant there, if the unit is in the
+    /// flag's one setting range, eligible, and in a cell that sets the flag.
+    #[inline(always)]
+    fn direct_pick(
         &self,
         flag: &Flag,
         d: &Direct,
-        li: u32,
-        layer: &Layer,
         unit: &str,
         ctx: &Context,
-    ) -> Option<Raw> {
+    ) -> Option<(u32, u32, u32)> {
         let owner = &d.owner;
         // Independent of each other: the CPU runs both hashes at once.
-        let bucket = scale(hash(layer.seed, unit), u64::from(layer.buckets)) as u32;
-        let p = scale(hash(owner.seed, unit), owner.total);
+        let (h, c) = d.seeds.hash(unit);
+        let bucket = scale(h, u64::from(d.buckets)) as u32;
+        let p = scale(c, owner.total);
         if bucket < owner.start || bucket >= d.end {
             return None;
         }
@@ -612,14 +679,7 @@ impl Snapshot {
                 .get((owner.first_cell + k) as usize)?
                 .variant_of(flag.index)?,
         };
-        let mut r = flag.raw(variant, Reason::Split);
-        r.hit = Some(Hit {
-            layer: li,
-            owner: d.index,
-            cell: owner.first_cell + k,
-            bucket,
-        });
-        Some(r)
+        Some((bucket, k, variant))
     }
 
     /// Every flag's value for the context, in config order.
@@ -697,12 +757,12 @@ impl Snapshot {
 
     #[inline]
     fn flag(&self, key: &str) -> Option<&Flag> {
-        let found = self.flag_index.find(key_hash(key), |&i| {
+        let found = self.flag_index.find(key, |i| {
             self.flags
                 .get(i as usize)
                 .is_some_and(|f| short_eq(&f.key, key))
         })?;
-        self.flags.get(*found as usize)
+        self.flags.get(found as usize)
     }
 
     fn unit_key(&self, i: u32) -> Option<&str> {
@@ -1095,12 +1155,11 @@ impl ErrorCode {
     }
 }
 
-/// The hash of a flag key in `Snapshot::flag_index`. A fixed seed keeps the engine free of
-/// per-process randomness; the keys in the table come from the config, so a request's key
-/// costs one probe sequence and cannot grow one.
-#[inline(always)]
-pub(crate) fn key_hash(key: &str) -> u64 {
-    FixedState::default().hash_one(key)
+/// The error of `resolve` for `key`, out of line.
+#[cold]
+#[inline(never)]
+fn not_found(key: &str) -> FlagNotFound {
+    FlagNotFound(key.to_owned())
 }
 
 /// The default unit key, re-exported for layer/rollout defaults.

@@ -104,3 +104,49 @@ mod key_index {
         }
     }
 }
+
+/// `prefetch` takes `resolve`'s short path (one range sets it). A unit outside the range, or
+/// one without a usable `targetingKey`, falls through to the flag's rules and then its default,
+/// exactly as `resolve_all` (which has no short path) answers.
+#[test]
+fn the_short_path_falls_through_to_rules() {
+    let snapshot = compile_str(CONFIG, 1).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let mut contexts: Vec<Context> = (0..2_000)
+        .map(|i| {
+            let mut ctx = Context::with_targeting_key(format!("member-{i}"));
+            if i % 2 == 0 {
+                ctx.insert("platform", "tv");
+            }
+            ctx
+        })
+        .collect();
+    let mut no_unit = Context::new();
+    no_unit.insert("platform", "tv");
+    contexts.push(no_unit);
+    let mut bad_unit = Context::new();
+    bad_unit.insert("targetingKey", 7);
+    contexts.push(bad_unit);
+    for ctx in &contexts {
+        let one = snapshot.resolve("prefetch", ctx).unwrap();
+        let all = snapshot.resolve_all(ctx);
+        assert_eq!(Some(&one), all.iter().find(|r| r.key == "prefetch"));
+        let tv = ctx.get("platform").is_some();
+        match one.assignment {
+            Some(a) => {
+                assert!(a.bucket < 6000, "{a:?}");
+                assert_eq!(one.reason, allot::Reason::Split);
+            }
+            None if tv => assert_eq!(
+                (one.reason, one.variant),
+                (allot::Reason::TargetingMatch, "on")
+            ),
+            None => assert_eq!((one.reason, one.variant), (allot::Reason::Default, "off")),
+        }
+        seen.insert((one.reason, tv));
+    }
+    // Every branch was taken: split, rule, default.
+    assert!(seen.contains(&(allot::Reason::Split, true)));
+    assert!(seen.contains(&(allot::Reason::TargetingMatch, true)));
+    assert!(seen.contains(&(allot::Reason::Default, false)));
+}
