@@ -6,6 +6,7 @@
 //! ranges sorted, names resolved to indices) so evaluation only looks things up.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use foldhash::fast::FixedState;
 use serde_json::{Number, Value};
@@ -17,8 +18,8 @@ use crate::error::{ConfigError, ConfigErrors, ErrorKind, json_type};
 use crate::id::{is_valid_flag_key, is_valid_id};
 use crate::key_index::KeyIndex;
 use crate::snapshot::{
-    Action, Cell, DEFAULT_UNIT, Direct, Experiment, Flag, Holdout, Layer, NO_VARIANT, Owner, Rule,
-    Snapshot, UNCONDITIONAL,
+    Action, Cell, DEFAULT_UNIT, Direct, Experiment, Flag, Holdout, Layer, NO_VARIANT, Named, Owner,
+    Rule, Snapshot, UNCONDITIONAL,
 };
 
 /// Id tables of one compile (duplicate checks, references by id): a fixed-seed hasher, as ids
@@ -621,7 +622,7 @@ impl Cx<'_> {
                     value.clone()
                 }
             };
-            variants.push((Box::<str>::from(name.as_str()), value));
+            variants.push((Arc::<str>::from(name.as_str()), Arc::new(value)));
         }
         let variant = |cx: &mut Self, p: String, v: &str| -> u32 {
             names.get(v).copied().unwrap_or_else(|| {
@@ -737,18 +738,28 @@ fn direct(
     }
     let &(_, end) = bounds.get(index)?;
     let mut variants = [NO_VARIANT; 2];
-    for (v, cell) in variants.iter_mut().zip(cells_of(owner)) {
+    let mut named: [Named; 2] = Default::default();
+    for ((v, n), cell) in variants.iter_mut().zip(&mut named).zip(cells_of(owner)) {
         *v = cell.variant_of(flag.index).unwrap_or(NO_VARIANT);
+        if let Some((name, value)) = flag.variants.get(*v as usize) {
+            *n = Named {
+                variant: Arc::clone(name),
+                value: Arc::clone(value),
+                cell: Arc::from(&*cell.id),
+            };
+        }
     }
     Some(Direct {
         owner: owner.clone(),
         index: index as u32,
         end,
         seeds: SeedPair::new(layer.seed, owner.seed),
+        layer: li,
         buckets: layer.buckets,
         layer_id: layer.id.clone(),
         quick: flag.enabled && layer.holdouts.is_empty() && Some(layer.unit) == targeting,
         variants,
+        named,
     })
 }
 

@@ -164,7 +164,8 @@ pub(crate) struct Flag {
     pub(crate) index: u32,
     pub(crate) key: Box<str>,
     pub(crate) kind: FlagType,
-    pub(crate) variants: Box<[(Box<str>, Value)]>,
+    /// Name and value of each variant, shared with the direct plan's [`Named`].
+    pub(crate) variants: Box<[(Arc<str>, Arc<Value>)]>,
     pub(crate) default: u32,
     pub(crate) enabled: bool,
     /// The layer whose experiments set this flag: its index in `Snapshot::layers` and a copy of
@@ -198,7 +199,8 @@ pub(crate) struct Direct {
     pub(crate) end: u32,
     /// The layer's seed and the owner's cell seed, keyed for hashing the unit under both.
     pub(crate) seeds: SeedPair,
-    /// The layer's bucket count and id.
+    /// The layer's index in `Snapshot::layers`, bucket count and id.
+    pub(crate) layer: u32,
     pub(crate) buckets: u32,
     pub(crate) layer_id: Box<str>,
     /// Whether `resolve` takes the plan's short path: the flag is enabled, no holdout covers
@@ -207,6 +209,17 @@ pub(crate) struct Direct {
     /// The flag's variant in the experiment's first two cells, or [`NO_VARIANT`] where the
     /// cell leaves the flag unset.
     pub(crate) variants: [u32; 2],
+    /// The answer's names for those two cells, so the short path names a hit with one load
+    /// that depends on the cell (unused where `variants` is [`NO_VARIANT`]).
+    pub(crate) named: [Named; 2],
+}
+
+/// The variant a cell of a [`Direct`] plan serves (its name and value) and the cell's id.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Named {
+    pub(crate) variant: Arc<str>,
+    pub(crate) value: Arc<Value>,
+    pub(crate) cell: Arc<str>,
 }
 
 /// `Direct::variants` of a cell that does not set the flag.
@@ -518,10 +531,22 @@ impl Snapshot {
     /// [`Snapshot::resolve`] by indices, for holders of a snapshot that keep the answer.
     #[inline]
     pub(crate) fn resolve_raw(&self, key: &str, ctx: &Context) -> Result<Raw, FlagNotFound> {
-        match self.flag(key) {
-            Some(flag) => Ok(self.resolve_flag(flag, ctx)),
-            None => Err(FlagNotFound(key.to_owned())),
-        }
+        let Some(flag) = self.flag(key) else {
+            return Err(not_found(key));
+        };
+        Ok(match self.quick_pick(flag, ctx) {
+            Some((d, bucket, k, variant)) => {
+                let mut r = flag.raw(variant, Reason::Split);
+                r.hit = Some(Hit {
+                    layer: d.layer,
+                    owner: d.index,
+                    cell: d.owner.first_cell + k,
+                    bucket,
+                });
+                r
+            }
+            None => self.resolve_slow(flag, ctx),
+        })
     }
 
     #[cfg(feature = "client")]
@@ -565,12 +590,19 @@ impl Snapshot {
     /// narrow stores stall store forwarding.
     #[inline(always)]
     fn resolve_ok<'s, E>(&'s self, flag: &'s Flag, ctx: &Context) -> Result<Resolution<'s>, E> {
-        let (variant, reason, error, assignment) = match &flag.direct {
-            Some(d)
-                if d.quick
-                    && let Ok(unit) = ctx.targeting_unit()
-                    && let Some((bucket, k, variant)) = self.direct_pick(flag, d, unit, ctx) =>
-            {
+        let (variant, reason, error, assignment) = match self.quick_pick(flag, ctx) {
+            // The first two cells (nearly always): named from the plan.
+            Some((d, bucket, k, _)) if let Some(named) = d.named.get(k as usize) => {
+                let mut r = flag.resolution_of(&named.variant, &named.value, Reason::Split);
+                r.assignment = Some(Assignment {
+                    layer: &d.layer_id,
+                    experiment: &d.owner.experiment_id,
+                    cell: &named.cell,
+                    bucket,
+                });
+                return Ok(r);
+            }
+            Some((d, bucket, k, variant)) => {
                 let assignment = Assignment {
                     layer: &d.layer_id,
                     experiment: &d.owner.experiment_id,
@@ -579,7 +611,7 @@ impl Snapshot {
                 };
                 (variant, Reason::Split, None, Some(assignment))
             }
-            _ => {
+            None => {
                 let raw = self.resolve_slow(flag, ctx);
                 (
                     raw.variant,
@@ -593,6 +625,17 @@ impl Snapshot {
         r.error = error;
         r.assignment = assignment;
         Ok(r)
+    }
+
+    /// The short path of `resolve`: a flag with a [`Direct::quick`] plan, and the unit's bucket,
+    /// cell position and variant when the unit's cell sets it. `None` sends the flag to
+    /// [`Snapshot::resolve_slow`].
+    #[inline(always)]
+    fn quick_pick<'s>(&self, flag: &'s Flag, ctx: &Context) -> Option<(&'s Direct, u32, u32, u32)> {
+        let d = flag.direct.as_ref().filter(|d| d.quick)?;
+        let unit = ctx.targeting_unit().ok()?;
+        let (bucket, k, variant) = self.direct_pick(flag, d, unit, ctx)?;
+        Some((d, bucket, k, variant))
     }
 
     /// [`Snapshot::resolve_ok`] past its short path.
@@ -624,7 +667,7 @@ impl Snapshot {
             }
             match &flag.direct {
                 Some(direct) => {
-                    if let Some(raw) = self.direct(flag, direct, *li, unit, ctx) {
+                    if let Some(raw) = self.direct(flag, direct, unit, ctx) {
                         return raw;
                     }
                 }
@@ -637,12 +680,12 @@ impl Snapshot {
     /// The flag's variant from its one setting range (see [`Direct`]), or `None` when the
     /// unit is outside it, not eligible, or in a cell that leaves the flag unset.
     #[inline(always)]
-    fn direct(&self, flag: &Flag, d: &Direct, li: u32, unit: &str, ctx: &Context) -> Option<Raw> {
+    fn direct(&self, flag: &Flag, d: &Direct, unit: &str, ctx: &Context) -> Option<Raw> {
         let owner = &d.owner;
         let (bucket, k, variant) = self.direct_pick(flag, d, unit, ctx)?;
         let mut r = flag.raw(variant, Reason::Split);
         r.hit = Some(Hit {
-            layer: li,
+            layer: d.layer,
             owner: d.index,
             cell: owner.first_cell + k,
             bucket,
@@ -1083,7 +1126,18 @@ impl Flag {
         let (name, value) = self
             .variants
             .get(variant as usize)
-            .map_or(("", &NULL), |(n, v)| (&**n, v));
+            .map_or(("", &NULL), |(n, v)| (&**n, &**v));
+        self.resolution_of(name, value, reason)
+    }
+
+    /// The flag's answer serving variant `name` with `value`.
+    #[inline(always)]
+    fn resolution_of<'s>(
+        &'s self,
+        name: &'s str,
+        value: &'s Value,
+        reason: Reason,
+    ) -> Resolution<'s> {
         Resolution {
             key: &self.key,
             index: self.index,
