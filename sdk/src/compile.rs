@@ -6,7 +6,6 @@
 //! ranges sorted, names resolved to indices) so evaluation only looks things up.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use foldhash::fast::FixedState;
 use serde_json::{Number, Value};
@@ -622,7 +621,7 @@ impl Cx<'_> {
                     value.clone()
                 }
             };
-            variants.push((Arc::<str>::from(name.as_str()), Arc::new(value)));
+            variants.push((Box::<str>::from(name.as_str()), value));
         }
         let variant = |cx: &mut Self, p: String, v: &str| -> u32 {
             names.get(v).copied().unwrap_or_else(|| {
@@ -743,9 +742,9 @@ fn direct(
         *v = cell.variant_of(flag.index).unwrap_or(NO_VARIANT);
         if let Some((name, value)) = flag.variants.get(*v as usize) {
             *n = Named {
-                variant: Arc::clone(name),
-                value: Arc::clone(value),
-                cell: Arc::from(&*cell.id),
+                variant: name.clone(),
+                value: value.clone(),
+                cell: cell.id.clone(),
             };
         }
     }
