@@ -8,7 +8,9 @@
 //!   engine's `stamp::merge` of the same stamp and header, for attribution.
 //! - `sdk/client_resolve` (owned `Resolved`) and `sdk/client_with_snapshot_resolve`
 //!   (zero-copy) vs `sdk/engine_resolve`: one flag through `allot::Client` vs the bare
-//!   `Snapshot` it holds, rotating through the same 1,024 contexts.
+//!   `Snapshot` it holds, rotating through the same 1,024 contexts. `sdk/owned_floor`: one
+//!   `Arc` clone and drop of that snapshot, the least an owned answer that keeps its snapshot
+//!   can cost on top of the engine (two atomic read-modify-writes).
 
 use std::future::{Future, Ready, ready};
 use std::hint::black_box;
@@ -158,6 +160,9 @@ fn sdk(c: &mut Criterion) {
             i = i.wrapping_add(1);
             client.resolve(black_box("prefetch"), black_box(ctx))
         });
+    });
+    g.bench_function("owned_floor", |b| {
+        b.iter(|| drop(black_box(std::sync::Arc::clone(black_box(&snapshot)))));
     });
     g.finish();
 }

@@ -22,8 +22,10 @@ mod follow;
 
 pub use follow::Backoff;
 
+use std::cell::RefCell;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -149,6 +151,11 @@ enum Bootstrap {
 /// State shared by the client handles and the sync task.
 struct Shared {
     current: ArcSwapOption<Snapshot>,
+    /// This client's number, unique in the process (never 0), for the per-thread [`LAST`].
+    id: u64,
+    /// Bumped after every store to `current`: a thread whose [`LAST`] was taken at this
+    /// generation may use it instead of loading `current`.
+    generation: AtomicU64,
     revisions: watch::Sender<Option<u64>>,
     cache_dir: Option<PathBuf>,
     stamp_budget: usize,
@@ -197,7 +204,7 @@ impl Client {
 
     /// The serving snapshot, to hold across several calls (one config for a whole request).
     pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
-        self.shared.current.load_full()
+        self.shared.load_full()
     }
 
     /// A receiver of the serving revision: `None` until a config is loaded, then every accepted
@@ -232,14 +239,14 @@ impl Client {
     /// snapshot it was made on; for many flags per request, [`Client::snapshot`] once and
     /// [`Snapshot::resolve`] saves the reference counting.
     pub fn resolve(&self, key: &str, ctx: &Context) -> Result<Resolved, ResolveError> {
-        let snapshot = self.shared.current.load_full().ok_or(NotReady)?;
+        let snapshot = self.shared.load_full().ok_or(NotReady)?;
         let raw = snapshot.resolve_raw(key, ctx)?;
         Ok(Resolved { snapshot, raw })
     }
 
     /// Resolves every flag for `ctx`, in config order (see [`Snapshot::resolve_all`]).
     pub fn resolve_all(&self, ctx: &Context) -> Result<Vec<Resolved>, NotReady> {
-        let snapshot = self.shared.current.load_full().ok_or(NotReady)?;
+        let snapshot = self.shared.load_full().ok_or(NotReady)?;
         let mut out = Vec::with_capacity(snapshot.flags.len());
         snapshot.resolve_all_raw(ctx, |raw| {
             out.push(Resolved {
@@ -342,6 +349,8 @@ impl ClientBuilder {
         let (revisions, _) = watch::channel(revision);
         let shared = Arc::new(Shared {
             current: ArcSwapOption::new(initial.map(Arc::new)),
+            id: NEXT_CLIENT.fetch_add(1, Ordering::Relaxed),
+            generation: AtomicU64::new(0),
             revisions,
             cache_dir: self.cache_dir,
             stamp_budget: self.stamp_budget,
@@ -372,9 +381,67 @@ fn bootstrap(text: &str) -> Result<Snapshot, BuildError> {
     crate::compile(&config, 0).map_err(BuildError::BootstrapInvalid)
 }
 
+/// Numbers the clients of this process, from 1.
+static NEXT_CLIENT: AtomicU64 = AtomicU64::new(1);
+
+/// The snapshot this thread last took from a client, and at which generation.
+struct Last {
+    client: u64,
+    generation: u64,
+    /// Weak, so a thread that stops resolving does not keep a replaced config alive (only
+    /// the `Snapshot` header's allocation stays until the thread's next load).
+    snapshot: Weak<Snapshot>,
+}
+
+thread_local! {
+    /// Saves [`Client::resolve`] the `ArcSwap` load: while the client's generation is the
+    /// one remembered here, the snapshot is upgraded from this weak reference (one atomic
+    /// read-modify-write, which the answer's own reference count needs anyway) instead of
+    /// through `ArcSwap`'s debt slot (three).
+    static LAST: RefCell<Last> = const {
+        RefCell::new(Last { client: 0, generation: 0, snapshot: Weak::new() })
+    };
+}
+
 // === impl Shared ===
 
 impl Shared {
+    /// The serving snapshot, owned; what `current.load_full()` returns, in fewer atomic
+    /// operations when this thread took the same snapshot last time.
+    ///
+    /// The generation is read before `current`, and bumped after each store, so a snapshot
+    /// remembered under generation `g` is at least as new as the store that made `g`; once
+    /// [`Shared::apply`] returns, every thread sees the new generation and reloads.
+    fn load_full(&self) -> Option<Arc<Snapshot>> {
+        let generation = self.generation.load(Ordering::Acquire);
+        let remembered = LAST
+            .try_with(|last| {
+                let last = last.try_borrow().ok()?;
+                if last.client == self.id && last.generation == generation {
+                    last.snapshot.upgrade()
+                } else {
+                    None
+                }
+            })
+            .ok()
+            .flatten();
+        if remembered.is_some() {
+            return remembered;
+        }
+        let snapshot = self.current.load_full()?;
+        // Fails only while the thread is being torn down; then nothing is remembered.
+        let _ = LAST.try_with(|last| {
+            if let Ok(mut last) = last.try_borrow_mut() {
+                *last = Last {
+                    client: self.id,
+                    generation,
+                    snapshot: Arc::downgrade(&snapshot),
+                };
+            }
+        });
+        Some(snapshot)
+    }
+
     /// Compiles `config_json` under `revision` and makes it serving, unless it is what is
     /// already serving. Returns whether the update was accepted (swapped or unchanged); a
     /// rejected one is logged and leaves the serving snapshot alone. Blocking: call it from
@@ -412,6 +479,7 @@ impl Shared {
             tracing::warn!(dir = %dir.display(), %error, "allot client: could not persist the config");
         }
         self.current.store(Some(snapshot));
+        self.generation.fetch_add(1, Ordering::Release);
         self.revisions.send_replace(Some(revision));
         tracing::info!(revision, "allot client: applied config");
         true
@@ -547,5 +615,78 @@ mod tests {
         assert_eq!(kept.value(), &Value::from("dark"));
         assert_eq!(kept.reason(), Reason::TargetingMatch);
         assert_eq!(kept.resolution().assignment, None);
+    }
+
+    fn client(config: &str) -> Client {
+        Client::builder("http://127.0.0.1:9")
+            .bootstrap_str(config)
+            .connect()
+            .unwrap()
+    }
+
+    fn swap(client: &Client, config: &str) -> u64 {
+        let rev = client.revision().unwrap() + 1;
+        let hash = format!("{:016x}", Config::from_json(config).unwrap().content_hash());
+        assert!(client.shared.apply(rev, &hash, config));
+        rev
+    }
+
+    #[tokio::test]
+    async fn each_client_answers_from_its_own_snapshot_on_one_thread() {
+        let v2 = V1.replace(r#""default": "light""#, r#""default": "dark""#);
+        let (a, b) = (client(V1), client(&v2));
+        let ctx = Context::with_targeting_key("member-7");
+        for _ in 0..3 {
+            // Alternating: the thread's remembered snapshot is the other client's each time.
+            assert_eq!(a.resolve("theme", &ctx).unwrap().variant(), "light");
+            assert_eq!(b.resolve("theme", &ctx).unwrap().variant(), "dark");
+            let hash_a = Config::from_json(V1).unwrap().content_hash();
+            assert_eq!(a.snapshot().unwrap().content_hash(), hash_a);
+            assert_ne!(b.snapshot().unwrap().content_hash(), hash_a);
+        }
+        // A clone is the same client: same answers, same remembered snapshot.
+        let a2 = a.clone();
+        let (x, y) = (
+            a.resolve("theme", &ctx).unwrap(),
+            a2.resolve("theme", &ctx).unwrap(),
+        );
+        assert!(Arc::ptr_eq(x.snapshot(), y.snapshot()));
+    }
+
+    #[tokio::test]
+    async fn a_swap_on_another_thread_is_seen_by_the_next_resolve() {
+        let c = client(V1);
+        let ctx = Context::with_targeting_key("member-7");
+        let dark = V1.replace(r#""default": "light""#, r#""default": "dark""#);
+        for round in 0..20u64 {
+            // This thread remembers the serving snapshot (twice, to be sure it is the
+            // remembered one that answers) ...
+            let before = c.resolve("theme", &ctx).unwrap();
+            assert_eq!(
+                c.resolve("theme", &ctx).unwrap().revision(),
+                before.revision()
+            );
+            // ... another thread swaps the config ...
+            let (c2, next) = (
+                c.clone(),
+                if round % 2 == 0 {
+                    dark.clone()
+                } else {
+                    V1.into()
+                },
+            );
+            let rev = std::thread::spawn(move || swap(&c2, &next)).join().unwrap();
+            // ... and the very next answer here is the new one.
+            let after = c.resolve("theme", &ctx).unwrap();
+            assert_eq!(after.revision(), rev);
+            assert_eq!(
+                after.variant(),
+                if round % 2 == 0 { "dark" } else { "light" }
+            );
+            assert_eq!(c.snapshot().unwrap().revision(), rev);
+            // The thread does not keep the replaced snapshot alive.
+            drop(after);
+            assert_eq!(Arc::strong_count(before.snapshot()), 1);
+        }
     }
 }
