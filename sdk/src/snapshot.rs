@@ -536,16 +536,7 @@ impl Snapshot {
             return Err(not_found(key));
         };
         Ok(match self.quick_pick(flag, ctx) {
-            Some((d, bucket, k, variant)) => {
-                let mut r = flag.raw(variant, Reason::Split);
-                r.hit = Some(Hit {
-                    layer: d.layer,
-                    owner: d.index,
-                    cell: d.owner.first_cell + k,
-                    bucket,
-                });
-                r
-            }
+            Some((d, bucket, k, variant)) => d.raw(flag, bucket, k, variant),
             None => self.resolve_slow(flag, ctx),
         })
     }
@@ -682,16 +673,8 @@ impl Snapshot {
     /// unit is outside it, not eligible, or in a cell that leaves the flag unset.
     #[inline(always)]
     fn direct(&self, flag: &Flag, d: &Direct, unit: &str, ctx: &Context) -> Option<Raw> {
-        let owner = &d.owner;
         let (bucket, k, variant) = self.direct_pick(flag, d, unit, ctx)?;
-        let mut r = flag.raw(variant, Reason::Split);
-        r.hit = Some(Hit {
-            layer: d.layer,
-            owner: d.index,
-            cell: owner.first_cell + k,
-            bucket,
-        });
-        Some(r)
+        Some(d.raw(flag, bucket, k, variant))
     }
 
     /// The unit's bucket, cell position and the flag's variant there, if the unit is in the
@@ -1119,6 +1102,22 @@ impl Cell {
 }
 
 // === impl Flag ===
+
+impl Direct {
+    /// `flag`'s answer from this plan: `variant`, served by the owner's cell `k` to a unit in
+    /// `bucket`.
+    #[inline(always)]
+    fn raw(&self, flag: &Flag, bucket: u32, k: u32, variant: u32) -> Raw {
+        let mut r = flag.raw(variant, Reason::Split);
+        r.hit = Some(Hit {
+            layer: self.layer,
+            owner: self.index,
+            cell: self.owner.first_cell + k,
+            bucket,
+        });
+        r
+    }
+}
 
 impl Flag {
     #[inline(always)]
