@@ -430,4 +430,37 @@ mod tests {
             );
         }
     }
+
+    /// A float means the same number in YAML, in JSON and in the canonical JSON that followers
+    /// and SDKs receive. `6.794225748631921e-32` is one that serde_json's default (fast, not
+    /// correctly rounded) parser read one ULP low, so the same config hashed differently read
+    /// from YAML and from its own canonical form (found by `fuzz_config`).
+    #[test]
+    fn floats_mean_the_same_number_in_every_format() {
+        for x in [
+            "6.794225748631921e-32",
+            "0.1",
+            "1.5e300",
+            "2.2250738585072014e-308",
+        ] {
+            let expected: f64 = x.parse().unwrap();
+            let doc = |open: &str, close: &str| {
+                format!(
+                    r#"{open}"flags": [{{"key": "f", "type": "float", "variants": {{"x": {x}}},
+                    "default": "x", "rules": [{{"when": {{"n": {{"gte": {x}}}}}, "variant": "x"}}]}}]{close}"#
+                )
+            };
+            let json = Config::parse(&doc("{", "}")).unwrap();
+            let yaml = Config::parse(&doc("", "")).unwrap();
+            let again = Config::from_json(&json.to_canonical_json()).unwrap();
+            assert_eq!(json.content_hash(), yaml.content_hash(), "{x}");
+            assert_eq!(again.content_hash(), yaml.content_hash(), "{x}");
+            let value: serde_json::Value = serde_json::from_str(x).unwrap();
+            assert_eq!(
+                value.as_f64().map(f64::to_bits),
+                Some(expected.to_bits()),
+                "{x}"
+            );
+        }
+    }
 }
